@@ -1,0 +1,110 @@
+"""The Lightning DataModule for the paper's three datasets (no Hydra here)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+
+from robusthp.data.datasets import DatasetSpec, get_spec, load_tensors, split_indices
+from robusthp.data.loader import TensorBatches
+
+
+@dataclass(frozen=True)
+class DataSettings:
+    """Everything that decides which images a run sees, and in which batches."""
+
+    dataset: str = "mnist"
+    root: str = "./data"
+    batch_size: int = 128  # the global batch size the paper studies
+    eval_batch_size: int = 1000
+    val_size: int | None = None  # None: the paper's (5k MNIST/FMNIST, 10k CIFAR-10)
+    split_seed: int = 0
+    shuffle_seed: int = 0
+    train_subset: int | None = None  # first N of the training split (quick CPU runs)
+    test_subset: int | None = None  # first N of the test set
+    download: bool = True
+    on_device: bool = True  # keep the whole dataset on the training device
+    channels_last: bool = False
+
+    def __post_init__(self) -> None:
+        get_spec(self.dataset)
+        for name in ("train_subset", "test_subset"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise ValueError(f"data.{name} must be a positive integer or null, got {value!r}")
+        if not isinstance(self.eval_batch_size, int) or self.eval_batch_size < 1:
+            raise ValueError(f"data.eval_batch_size must be a positive integer, got {self.eval_batch_size!r}")
+
+
+class ImageDataModule(pl.LightningDataModule):
+    """MNIST / Fashion-MNIST / CIFAR-10 as in-memory tensors, split as the paper."""
+
+    def __init__(self, settings: DataSettings):
+        super().__init__()
+        self.settings = settings
+        self.spec: DatasetSpec = get_spec(settings.dataset)
+        self._splits: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def prepare_data(self) -> None:
+        s = self.settings
+        for train in (True, False):
+            load_tensors(s.dataset, s.root, train=train, download=s.download)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self._splits:
+            return
+        s = self.settings
+        images, labels = load_tensors(s.dataset, s.root, train=True, download=s.download)
+        val_size = self.spec.val_size if s.val_size is None else s.val_size
+        train_idx, val_idx = split_indices(len(labels), val_size, s.split_seed)
+        if s.train_subset is not None:
+            train_idx = train_idx[: s.train_subset]
+        test_images, test_labels = load_tensors(s.dataset, s.root, train=False, download=s.download)
+        if s.test_subset is not None:
+            test_images, test_labels = test_images[: s.test_subset], test_labels[: s.test_subset]
+        device = self._device()
+        self._splits = {
+            "train": (images[train_idx].to(device), labels[train_idx].to(device)),
+            "val": (images[val_idx].to(device), labels[val_idx].to(device)),
+            "test": (test_images.to(device), test_labels.to(device)),
+        }
+
+    def _device(self) -> torch.device:
+        trainer = self.trainer
+        if self.settings.on_device and trainer is not None:
+            return trainer.strategy.root_device
+        return torch.device("cpu")
+
+    def split_sizes(self) -> dict[str, int]:
+        return {name: len(y) for name, (_, y) in self._splits.items()}
+
+    def _batches(self, split: str, batch_size: int, train: bool) -> TensorBatches:
+        if not self._splits:
+            self.setup()
+        images, labels = self._splits[split]
+        trainer = self.trainer
+        world = trainer.world_size if (train and trainer is not None) else 1
+        rank = trainer.global_rank if (train and trainer is not None) else 0
+        return TensorBatches(
+            images, labels, batch_size,
+            shuffle=train, augment=train and self.spec.augment, seed=self.settings.shuffle_seed,
+            rank=rank, world_size=world, channels_last=self.settings.channels_last,
+        )
+
+    def train_dataloader(self) -> TensorBatches:
+        return self._batches("train", self.settings.batch_size, train=True)
+
+    def val_dataloader(self) -> TensorBatches:
+        return self._batches("val", self.settings.eval_batch_size, train=False)
+
+    def test_dataloader(self) -> TensorBatches:
+        return self._batches("test", self.settings.eval_batch_size, train=False)
+
+    def eval_train_dataloader(self) -> TensorBatches:
+        """The training split unshuffled and unaugmented (for the Hessian callback)."""
+        return self._batches("train", self.settings.eval_batch_size, train=False)
+
+

@@ -1,0 +1,93 @@
+"""Batches sliced from in-memory uint8 tensors: no per-sample collation, no PIL.
+
+The whole split lives on one device (the GPU when training there); each batch
+is one gather, one ``float()/255`` and, for CIFAR-10, one batched random crop +
+flip on that device.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+
+
+def random_crop_flip(x: torch.Tensor, generator: torch.Generator, pad: int = 4) -> torch.Tensor:
+    """Per-sample random crop (zero padding ``pad``) and horizontal flip of a batch.
+
+    x: (B, C, H, W) any dtype -> same shape and dtype.
+    """
+    b, _, h, w = x.shape
+    padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))  # (B, C, H+2p, W+2p)
+    dev = x.device
+    oy = torch.randint(0, 2 * pad + 1, (b,), generator=generator, device=dev)
+    ox = torch.randint(0, 2 * pad + 1, (b,), generator=generator, device=dev)
+    rows = (oy[:, None] + torch.arange(h, device=dev))[:, None, :, None]  # (B, 1, H, 1)
+    cols = (ox[:, None] + torch.arange(w, device=dev))[:, None, None, :]  # (B, 1, 1, W)
+    batch = torch.arange(b, device=dev)[:, None, None, None]
+    chan = torch.arange(x.shape[1], device=dev)[None, :, None, None]
+    out = padded[batch, chan, rows, cols]  # (B, C, H, W)
+    flip = torch.rand(b, generator=generator, device=dev) < 0.5
+    return torch.where(flip[:, None, None, None], out.flip(3), out)
+
+
+class TensorBatches:
+    """An epoch-seeded iterable of ``(x float in [0,1] (B,C,H,W), y int64 (B,))`` batches.
+
+    ``batch_size`` is the *global* batch size; with ``world_size > 1`` each rank
+    yields its ``batch_size // world_size`` share of every global batch, so the
+    batches studied are the same whatever the number of devices.
+    Lightning calls ``sampler.set_epoch(epoch)`` on it each epoch (it is its own
+    sampler), so a resumed run reshuffles exactly as an uninterrupted one.
+    """
+
+    def __init__(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        batch_size: int,
+        shuffle: bool = False,
+        augment: bool = False,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        channels_last: bool = False,
+    ):
+        if batch_size % world_size:
+            raise ValueError(
+                f"batch_size {batch_size} does not divide across {world_size} devices; "
+                f"use a multiple of {world_size}"
+            )
+        self.images, self.labels = images, labels
+        self.batch_size, self.shuffle, self.augment, self.seed = batch_size, shuffle, augment, seed
+        self.rank, self.world_size, self.channels_last = rank, world_size, channels_last
+        self.epoch = 0
+        self.sampler = self  # Lightning looks for ``loader.sampler.set_epoch``
+        self.batch_sampler = None  # ... and expects this beside it
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return -(-len(self.labels) // self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        n, dev = len(self.labels), self.images.device
+        gen = torch.Generator(device=dev).manual_seed(self.seed * 1_000_003 + self.epoch)
+        order = torch.randperm(n, generator=gen, device=dev) if self.shuffle else None
+        for start in range(0, n, self.batch_size):
+            end = min(start + self.batch_size, n)
+            idx = order[start:end] if order is not None else slice(start, end)
+            x, y = self.images[idx], self.labels[idx]
+            if self.world_size > 1:
+                x, y = x[self.rank :: self.world_size], y[self.rank :: self.world_size]
+            if self.augment:
+                x = random_crop_flip(x, gen)
+            x = x.float().div_(255)
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            yield x, y
+
+    def to(self, device: torch.device | str) -> TensorBatches:
+        self.images, self.labels = self.images.to(device), self.labels.to(device)
+        return self

@@ -1,0 +1,249 @@
+"""One natural-training run end to end, from plain settings objects (no Hydra here).
+
+``run_experiment`` builds data, model, optimizer regime and the evaluation
+callbacks in a fixed order, trains, evaluates, and writes ``results.json``
+atomically in the run directory: ``ok``, ``diverged`` (non-finite loss; the run
+stops, a sweep goes on) or ``failed`` (any other error, recorded, not raised).
+Long runs checkpoint every epoch and resume from ``checkpoints/last.ckpt``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import platform
+import subprocess
+import time
+import traceback
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+
+from robusthp.data import DataSettings, ImageDataModule, get_spec
+from robusthp.lit_module import ClassifierModule
+from robusthp.models import build_model
+from robusthp.optim import SGDSettings
+from robusthp.results import RESULTS_FILE, SCHEMA_VERSION, write_json_atomic
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    epochs: int = 100
+    seed: int = 0
+    accelerator: str = "auto"
+    devices: int = 1
+    precision: str = "32-true"
+    progress_bar: bool = True
+    check_every: int = 50
+    threads: int | None = None
+    checkpoint: bool = True  # save checkpoints/last.ckpt each epoch, resume from it
+
+    def __post_init__(self) -> None:
+        if isinstance(self.epochs, bool) or not isinstance(self.epochs, int) or self.epochs < 1:
+            raise ValueError(f"epochs must be an integer >= 1, got {self.epochs!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise ValueError(f"seed must be an integer, got {self.seed!r}")
+        if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
+            raise ValueError(f"trainer.threads must be a positive integer or null, got {self.threads!r}")
+
+
+@dataclass(frozen=True)
+class AdversarialSettings:
+    enabled: bool = True
+    eps: tuple[float, ...] = (0.3,)
+    attacks: tuple[str, ...] = ("fgsm", "pgd")
+    pgd_steps: int = 40
+    pgd_alpha: float | None = None
+    random_start: bool = False
+    num_samples: int | None = None
+    batch_size: int | None = 1000
+
+
+@dataclass(frozen=True)
+class HessianSettings:
+    enabled: bool = True
+    backend: str = "pyhessian"
+    top_n: int = 1
+    num_samples: int | None = 4096
+    max_iter: int = 100
+    tol: float = 1e-3
+    batch_size: int | None = 1024
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """Everything one run needs, validated, in the units the paper reasons in."""
+
+    data: DataSettings
+    model: str
+    sgd: SGDSettings
+    train: TrainSettings
+    adversarial: AdversarialSettings = field(default_factory=AdversarialSettings)
+    hessian: HessianSettings = field(default_factory=HessianSettings)
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def cell(self) -> dict[str, Any]:
+        """The grid coordinates of this run (the report's row keys)."""
+        return {
+            "dataset": self.data.dataset, "model": self.model, "regime": self.sgd.regime,
+            "batch_size": self.sgd.batch_size, "momentum": self.sgd.momentum, "lr": self.sgd.lr,
+            "seed": self.train.seed, "epochs": self.train.epochs,
+        }
+
+
+def build_callbacks(settings: RunSettings) -> list[pl.Callback]:
+    """The evaluation callbacks this run asked for (imported lazily: they are optional)."""
+    callbacks: list[pl.Callback] = []
+    adv, hes = settings.adversarial, settings.hessian
+    if adv.enabled:
+        from robusthp.callbacks import AdversarialRobustness
+
+        callbacks.append(
+            AdversarialRobustness(
+                eps=list(adv.eps) if len(adv.eps) > 1 else adv.eps[0], attacks=adv.attacks,
+                pgd_steps=adv.pgd_steps, pgd_alpha=adv.pgd_alpha, random_start=adv.random_start,
+                num_samples=adv.num_samples, batch_size=adv.batch_size, seed=settings.train.seed,
+                progress=settings.train.progress_bar,
+            )
+        )
+    if hes.enabled:
+        from robusthp.callbacks import HessianEigenvalues
+
+        callbacks.append(
+            HessianEigenvalues(
+                top_n=hes.top_n, backend=hes.backend, num_samples=hes.num_samples,
+                max_iter=hes.max_iter, tol=hes.tol, batch_size=hes.batch_size,
+                seed=settings.train.seed, progress=settings.train.progress_bar,
+            )
+        )
+    return callbacks
+
+
+def _build_trainer(settings: RunSettings, out_dir: Path, callbacks: list) -> pl.Trainer:
+    t = settings.train
+    callbacks = list(callbacks)
+    if t.checkpoint:
+        callbacks.append(
+            pl.callbacks.ModelCheckpoint(
+                dirpath=out_dir / "checkpoints", save_last=True, save_top_k=0, every_n_epochs=1
+            )
+        )
+    if t.progress_bar:
+        callbacks.append(pl.callbacks.RichProgressBar(leave=True))
+    return pl.Trainer(
+        max_epochs=t.epochs,
+        accelerator=t.accelerator,
+        devices=t.devices,
+        precision=t.precision,
+        callbacks=callbacks,
+        logger=pl.loggers.CSVLogger(out_dir, name="logs", version=""),
+        enable_progress_bar=t.progress_bar,
+        enable_model_summary=False,
+        enable_checkpointing=t.checkpoint,
+        log_every_n_steps=t.check_every,
+        num_sanity_val_steps=0,
+        deterministic=False,
+        default_root_dir=out_dir,
+    )
+
+
+def _code_version() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
+            cwd=Path(__file__).parent,
+        )
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _env(trainer: pl.Trainer | None) -> dict[str, Any]:
+    device = str(trainer.strategy.root_device) if trainer is not None else None
+    return {
+        "torch": torch.__version__, "lightning": pl.__version__, "python": platform.python_version(),
+        "device": device, "threads": torch.get_num_threads(), "code_version": _code_version(),
+        "hostname": platform.node(),
+    }
+
+
+def _finite_or_none(value: Any) -> Any:
+    return value if not isinstance(value, float) or math.isfinite(value) else None
+
+
+def run_experiment(settings: RunSettings, out_dir: str | Path, config: dict | None = None) -> dict:
+    """Train and evaluate one cell; write and return its results record (never raises for
+    a training failure: the record says ``failed`` and carries the error)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    record: dict[str, Any] = {
+        "schema": SCHEMA_VERSION, "status": "failed", "error": None, "cell": settings.cell(),
+        "metrics": {}, "timings_s": {}, "steps": 0, "wall_time_s": None,
+        "sgd": asdict(settings.sgd), "config": config or {},
+    }
+    trainer = None
+    try:
+        trainer, module, callbacks = _train(settings, out_dir, record)
+        record["status"] = "diverged" if module.diverged else "ok"
+        if not module.diverged:
+            _evaluate(trainer, module, callbacks, record)
+    except Exception as err:  # recorded so that a sweep goes on and loses nothing
+        record["status"] = "failed"
+        record["error"] = f"{type(err).__name__}: {err}".splitlines()[0][:500]
+        (out_dir / "error.log").write_text(traceback.format_exc())
+        log.error("run failed: %s (traceback in %s)", record["error"], out_dir / "error.log")
+    record["wall_time_s"] = time.perf_counter() - started
+    record["timings_s"]["total"] = record["wall_time_s"]
+    record["env"] = _env(trainer)
+    record["metrics"] = {k: _finite_or_none(v) for k, v in record["metrics"].items()}
+    write_json_atomic(out_dir / RESULTS_FILE, record)
+    return record
+
+
+def _train(settings: RunSettings, out_dir: Path, record: dict):
+    if settings.train.threads is not None:
+        torch.set_num_threads(settings.train.threads)
+    pl.seed_everything(settings.train.seed, workers=True, verbose=False)
+    spec = get_spec(settings.data.dataset)
+    model = build_model(
+        settings.model, in_channels=spec.in_channels, num_classes=spec.num_classes,
+        image_size=spec.image_size, mean=spec.mean, std=spec.std, **settings.model_kwargs,
+    )
+    if settings.data.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    module = ClassifierModule(model, settings.sgd, check_every=settings.train.check_every)
+    datamodule = ImageDataModule(settings.data)
+    callbacks = build_callbacks(settings)
+    trainer = _build_trainer(settings, out_dir, callbacks)
+    last = out_dir / "checkpoints" / "last.ckpt"
+    ckpt_path = str(last) if settings.train.checkpoint and last.is_file() else None
+    if ckpt_path:
+        log.info("resuming from %s", ckpt_path)
+    t0 = time.perf_counter()
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    record["timings_s"]["train"] = time.perf_counter() - t0
+    record["steps"] = int(trainer.global_step)
+    record["metrics"]["train_loss"] = module.last_metrics.get("train/loss")
+    record["metrics"]["train_acc"] = module.last_metrics.get("train/acc")
+    record["metrics"]["val_acc"] = module.last_metrics.get("val/acc")
+    record["data_sizes"] = datamodule.split_sizes()
+    return trainer, module, callbacks
+
+
+def _evaluate(trainer: pl.Trainer, module: ClassifierModule, callbacks: list, record: dict) -> None:
+    t0 = time.perf_counter()
+    trainer.test(module, datamodule=trainer.datamodule, verbose=False)
+    record["timings_s"]["test"] = time.perf_counter() - t0
+    record["metrics"]["test_acc"] = module.last_metrics.get("test/acc")
+    for cb in callbacks:
+        results = dict(getattr(cb, "results", {}) or {})
+        for key in list(results):
+            if key.endswith("_time_s"):
+                record["timings_s"][key[: -len("_time_s")]] = results.pop(key)
+        record["metrics"].update(results)

@@ -1,0 +1,87 @@
+"""The ``results.json`` every run leaves behind: schema, atomic writes, reading back.
+
+Written by ``robusthp.run``, read by ``robusthp.report`` and by the sweep resume
+logic. Pure Python (no torch, Lightning or Hydra) so anything can read results.
+
+Layout of one file::
+
+    {
+      "schema": 1,
+      "status": "ok" | "diverged" | "failed",
+      "error": null | "one line",
+      "cell": {"dataset", "model", "regime", "batch_size", "momentum", "lr", "seed", "epochs"},
+      "metrics": {"test_acc", "val_acc", "train_loss", "clean_acc", "fgsm_acc", "pgd_acc",
+                  "hessian_top_eig", ...  (absent when not computed; several eps add
+                  "fgsm_acc@<eps>" / "pgd_acc@<eps>")},
+      "timings_s": {"train", "adversarial", "hessian", "total"},
+      "steps": int, "wall_time_s": float,
+      "config": {... the resolved Hydra config ...},
+      "env": {"torch", "lightning", "device", "code_version", "python"}
+    }
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+SCHEMA_VERSION = 1
+RESULTS_FILE = "results.json"
+STATUSES = ("ok", "diverged", "failed")
+COMPLETE_STATUSES = ("ok", "diverged")  # a sweep re-run skips these; "failed" is redone
+CELL_KEYS = ("dataset", "model", "regime", "batch_size", "momentum", "lr", "seed", "epochs")
+
+
+def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
+    """Write JSON so that a kill leaves either the old file or the new one, never half."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f, indent=2, sort_keys=False, default=_json_default)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _json_default(obj: Any) -> Any:
+    if hasattr(obj, "item"):  # numpy / torch scalars
+        return obj.item()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON serializable: {type(obj).__name__}")
+
+
+def read_results(path: str | os.PathLike) -> dict[str, Any] | None:
+    """The parsed results file, or None when it is missing or unreadable."""
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def is_complete(run_dir: str | os.PathLike) -> bool:
+    """True when ``run_dir`` holds a finished run (``ok`` or ``diverged``)."""
+    data = read_results(Path(run_dir) / RESULTS_FILE)
+    return data is not None and data.get("status") in COMPLETE_STATUSES
+
+
+def find_results(*roots: str | os.PathLike) -> Iterator[Path]:
+    """Every results file below the given directories, sorted."""
+    for root in roots:
+        root = Path(root)
+        if root.is_file() and root.name == RESULTS_FILE:
+            yield root
+        else:
+            yield from sorted(root.rglob(RESULTS_FILE))
