@@ -1,0 +1,27 @@
+"""The paper's four models (Kamath et al., Table 1), pure torch.
+
+Every model maps float pixels in [0, 1], shape (N, C, S, S), to logits
+(N, num_classes); its first layer is ``Normalize``, so attacks work in pixel space.
+
+    model = build_model("m1", in_channels=1, num_classes=10, image_size=28,
+                        mean=(0.1307,), std=(0.3081,))
+"""
+
+from robusthp.models.c1 import C1
+from robusthp.models.m1 import M1
+from robusthp.models.normalize import Normalize
+from robusthp.models.registry import MODELS, build_model, register_model
+from robusthp.models.resnet import ResNet, resnet18
+from robusthp.models.stdcnn import StdCNN
+
+__all__ = [
+    "C1",
+    "M1",
+    "MODELS",
+    "Normalize",
+    "ResNet",
+    "StdCNN",
+    "build_model",
+    "register_model",
+    "resnet18",
+]

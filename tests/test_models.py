@@ -1,0 +1,286 @@
+"""Model registry and the four models of Table 1: shapes, hand-counted parameters, contracts."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch import nn
+
+from robusthp.models import MODELS, Normalize, build_model, register_model
+
+MNIST = dict(in_channels=1, image_size=28, mean=(0.1307,), std=(0.3081,))
+CIFAR = dict(
+    in_channels=3, image_size=32, mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616)
+)
+DATASET = {"m1": MNIST, "stdcnn": MNIST, "c1": CIFAR, "resnet18": CIFAR}
+
+
+# ---- parameter counts by hand, layer by layer ------------------------------------------
+
+
+def conv(c_in: int, c_out: int, k: int, bias: bool = True) -> int:
+    return c_out * c_in * k * k + (c_out if bias else 0)
+
+
+def fc(n_in: int, n_out: int) -> int:
+    return n_out * n_in + n_out
+
+
+def bn(c: int) -> int:
+    return 2 * c  # weight and bias; running stats are buffers
+
+
+def basic_block(c_in: int, c_out: int, stride: int) -> int:
+    main = (
+        conv(c_in, c_out, 3, bias=False) + bn(c_out) + conv(c_out, c_out, 3, bias=False) + bn(c_out)
+    )
+    projection = stride != 1 or c_in != c_out
+    return main + (conv(c_in, c_out, 1, bias=False) + bn(c_out) if projection else 0)
+
+
+def resnet18_count(c_in: int, classes: int) -> int:
+    total = conv(c_in, 64, 3, bias=False) + bn(64)  # CIFAR stem, no max-pool
+    width = 64
+    for i, c_out in enumerate((64, 128, 256, 512)):
+        for j in range(2):  # [2, 2, 2, 2] BasicBlocks
+            total += basic_block(width, c_out, 2 if (i > 0 and j == 0) else 1)
+            width = c_out
+    return total + fc(512, classes)
+
+
+HAND_COUNT = {
+    # M1 pooled on 1x28x28: 28 -conv5-> 24 -mp2-> 12 -conv5-> 8 -mp2-> 4
+    "m1": sum(
+        [
+            conv(1, 20, 5),  # 20*1*5*5 + 20 = 520
+            conv(20, 20, 5),  # 20*20*5*5 + 20 = 10,020
+            fc(20 * 4 * 4, 500),  # 500*320 + 500 = 160,500
+            fc(500, 10),  # 10*500 + 10 = 5,010
+        ]
+    ),
+    # StdCNN on 1x28x28: 28 -> 26 -> 24 -mp2-> 12 -> 10 -> 8 -mp2-> 4
+    "stdcnn": sum(
+        [
+            conv(1, 10, 3),  # 10*1*3*3 + 10 = 100
+            conv(10, 10, 3),  # 10*10*3*3 + 10 = 910
+            conv(10, 20, 3),  # 20*10*3*3 + 20 = 1,820
+            conv(20, 20, 3),  # 20*20*3*3 + 20 = 3,620
+            fc(20 * 4 * 4, 50),  # 50*320 + 50 = 16,050
+            fc(50, 10),  # 10*50 + 10 = 510
+        ]
+    ),
+    # C1 on 3x32x32: pad-2 convs keep the size, MP(3, stride 2, pad 1) halves it: 32 -> 16 -> 8
+    "c1": sum(
+        [
+            conv(3, 64, 5),  # 64*3*5*5 + 64 = 4,864
+            bn(64),  # 128
+            conv(64, 64, 5),  # 64*64*5*5 + 64 = 102,464
+            bn(64),  # 128
+            fc(64 * 8 * 8, 384),  # 384*4096 + 384 = 1,573,248
+            fc(384, 192),  # 192*384 + 192 = 73,920
+            fc(192, 10),  # 10*192 + 10 = 1,930
+        ]
+    ),
+    "resnet18": resnet18_count(3, 10),
+}
+
+
+def n_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def make(name: str, dataset: dict | None = None, num_classes: int = 10, **kwargs) -> nn.Module:
+    torch.manual_seed(0)
+    return build_model(name, num_classes=num_classes, **(dataset or DATASET[name]), **kwargs)
+
+
+def pixels(dataset: dict, n: int = 2) -> torch.Tensor:
+    g = torch.Generator().manual_seed(1)
+    size = dataset["image_size"]
+    return torch.rand(n, dataset["in_channels"], size, size, generator=g)
+
+
+def test_registry_names():
+    assert sorted(MODELS) == ["c1", "m1", "resnet18", "stdcnn"]
+    assert set(HAND_COUNT) == set(MODELS) == set(DATASET)
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_param_count_matches_table_1(name):
+    assert n_params(make(name)) == HAND_COUNT[name]
+
+
+def test_param_counts_literal_values():
+    # the numbers quoted in the docstrings and README
+    assert HAND_COUNT == {"m1": 176_050, "stdcnn": 23_010, "c1": 1_756_682, "resnet18": 11_173_962}
+
+
+def test_m1_without_pooling_is_the_literal_table():
+    # 28 -conv5-> 24 -conv5-> 20; 20*20*20 = 8000 features
+    expected = conv(1, 20, 5) + conv(20, 20, 5) + fc(20 * 20 * 20, 500) + fc(500, 10)
+    model = make("m1", pool=False)
+    assert n_params(model) == expected == 4_016_050
+    assert make("m1", pool=False)(pixels(MNIST)).shape == (2, 10)
+
+
+def test_param_counts_follow_channels_and_classes():
+    # 3x32x32 into M1: 32 -> 28 -> 14 -> 10 -> 5; into StdCNN: 32 -> 30 -> 28 -> 14 -> 12 -> 10 -> 5
+    m1 = conv(3, 20, 5) + conv(20, 20, 5) + fc(20 * 5 * 5, 500) + fc(500, 7)
+    assert n_params(make("m1", CIFAR, num_classes=7)) == m1
+    std = (
+        conv(3, 10, 3)
+        + conv(10, 10, 3)
+        + conv(10, 20, 3)
+        + conv(20, 20, 3)
+        + fc(20 * 5 * 5, 50)
+        + fc(50, 7)
+    )
+    assert n_params(make("stdcnn", CIFAR, num_classes=7)) == std
+    assert n_params(make("resnet18", num_classes=100)) == resnet18_count(3, 100)
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_output_shape(name):
+    dataset = DATASET[name]
+    logits = make(name, num_classes=10)(pixels(dataset, n=3))
+    assert logits.shape == (3, 10)
+    assert logits.dtype == torch.float32 and torch.isfinite(logits).all()
+
+
+@pytest.mark.parametrize("name", ["m1", "stdcnn"])
+def test_mnist_models_run_on_cifar_shape(name):
+    assert make(name, CIFAR)(pixels(CIFAR)).shape == (2, 10)
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_normalize_is_first_layer(name):
+    model = make(name).eval()
+    assert isinstance(next(model.children()), Normalize)
+    called: list[nn.Module] = []
+    hooks = [
+        m.register_forward_pre_hook(lambda m, _: called.append(m))
+        for m in model.modules()
+        if m is not model
+    ]
+    try:
+        model(pixels(DATASET[name]))
+    finally:
+        for h in hooks:
+            h.remove()
+    assert isinstance(called[0], Normalize)  # the first module the forward pass calls
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_constant_mean_image_normalizes_to_zero(name):
+    dataset = DATASET[name]
+    model = make(name)
+    x = torch.tensor(dataset["mean"]).view(1, -1, 1, 1).expand_as(pixels(dataset))  # (2, C, S, S)
+    torch.testing.assert_close(model.normalize(x), torch.zeros_like(x))
+    assert "normalize.mean" not in model.state_dict()  # rebuilt from config, not checkpointed
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_input_gradient_flows(name):
+    model = make(name).eval()
+    x = pixels(DATASET[name]).requires_grad_(True)
+    loss = nn.functional.cross_entropy(model(x), torch.tensor([3, 7]))
+    loss.backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+
+
+def test_stdcnn_dropout_is_off_in_eval_mode():
+    model = make("stdcnn")
+    x = pixels(MNIST, n=8)
+    model.eval()
+    torch.testing.assert_close(model(x), model(x), rtol=0, atol=0)
+    model.train()
+    torch.manual_seed(0)
+    assert not torch.equal(model(x), model(x))  # dropout active in train mode
+
+
+def test_unknown_model_lists_names():
+    with pytest.raises(ValueError) as err:
+        build_model("foo", num_classes=10, **MNIST)
+    assert str(err.value) == "unknown model 'foo'; choose one of: c1, m1, resnet18, stdcnn"
+
+
+def test_duplicate_registration_is_an_error():
+    with pytest.raises(ValueError, match="'m1' is already registered"):
+        register_model("m1")(lambda **kw: nn.Identity())
+    assert MODELS["m1"].__name__ == "M1"  # not overwritten
+
+
+def test_register_new_model():
+    @register_model("tiny_test_model")
+    def tiny(*, in_channels, num_classes, image_size, mean, std):
+        return nn.Sequential(
+            Normalize(mean, std), nn.Flatten(), nn.Linear(in_channels * image_size**2, num_classes)
+        )
+
+    try:
+        assert build_model("tiny_test_model", num_classes=4, **MNIST)(pixels(MNIST)).shape == (2, 4)
+    finally:
+        del MODELS["tiny_test_model"]
+
+
+def test_unknown_option_is_named():
+    with pytest.raises(TypeError, match=r"unknown option\(s\): poool; it accepts: pool$"):
+        build_model("m1", num_classes=10, poool=False, **MNIST)
+    with pytest.raises(TypeError, match="dropout; it accepts: none"):
+        build_model("stdcnn", num_classes=10, dropout=0.1, **MNIST)
+
+
+@pytest.mark.parametrize(("name", "image_size", "smallest"), [("m1", 15, 16), ("stdcnn", 15, 16)])
+def test_too_small_image_is_an_error(name, image_size, smallest):
+    dataset = dict(MNIST, image_size=image_size)
+    with pytest.raises(ValueError, match=f"image_size >= {smallest}; got {image_size}"):
+        build_model(name, num_classes=10, **dataset)
+    build_model(name, num_classes=10, **dict(MNIST, image_size=smallest))
+
+
+def test_m1_without_pool_needs_only_9_pixels():
+    with pytest.raises(ValueError, match=r"pool=False\) needs image_size >= 9"):
+        build_model("m1", num_classes=10, pool=False, **dict(MNIST, image_size=8))
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        dict(mean=(0.5, 0.5), std=(0.5, 0.5)),  # 2 values, 1 channel
+        dict(std=(0.0,)),  # zero std
+        dict(image_size=0),
+        dict(num_classes=0),
+    ],
+)
+def test_bad_build_arguments(bad):
+    args = dict(MNIST, num_classes=10) | bad
+    with pytest.raises(ValueError):
+        build_model("stdcnn", **args)
+
+
+def test_scalar_mean_is_a_type_error():
+    with pytest.raises(TypeError, match="mean must be a sequence"):
+        build_model("m1", num_classes=10, **dict(MNIST, mean=0.1307))
+
+
+def test_wrong_input_shape_is_named():
+    model = make("m1")
+    with pytest.raises(ValueError, match=r"\(N, 1, H, W\)"):
+        model(pixels(CIFAR))
+    with pytest.raises(ValueError, match="built for 28x28"):
+        model(torch.rand(2, 1, 32, 32))
+    with pytest.raises(TypeError, match="float pixels"):
+        model(torch.zeros(2, 1, 28, 28, dtype=torch.uint8))
+
+
+def test_models_are_pure_torch():
+    code = (
+        "import sys, robusthp.models; "
+        "bad = [m for m in sys.modules if m.split('.')[0] in "
+        "('lightning', 'pytorch_lightning', 'hydra', 'omegaconf')]; "
+        "assert not bad, bad"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
