@@ -92,8 +92,12 @@ def _settings(cfg: DictConfig) -> RunSettings:
         data=data, model=str(cfg.model.name), sgd=sgd, train=train,
         adversarial=_adversarial(cfg.eval.get("adversarial")),
         hessian=_hessian(cfg.eval.get("hessian")),
-        model_kwargs=OmegaConf.to_container(cfg.model.get("kwargs") or {}, resolve=True),
+        model_kwargs=_kwargs(cfg.model.get("kwargs")),
     )
+
+
+def _kwargs(node: DictConfig | None) -> dict[str, Any]:
+    return {} if node is None else dict(OmegaConf.to_container(node, resolve=True))
 
 
 def _adversarial(a: DictConfig | None) -> AdversarialSettings:

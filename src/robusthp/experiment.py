@@ -15,6 +15,7 @@ import platform
 import subprocess
 import time
 import traceback
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,17 @@ from robusthp.optim import SGDSettings
 from robusthp.results import RESULTS_FILE, SCHEMA_VERSION, write_json_atomic
 
 log = logging.getLogger(__name__)
+
+
+class _NoAdverts(logging.Filter):
+    """Drop Lightning's "💡 Tip: try our cloud product" lines from run logs."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("💡")
+
+
+logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(_NoAdverts())
+warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
 
 
 @dataclass(frozen=True)
@@ -219,6 +231,7 @@ def _train(settings: RunSettings, out_dir: Path, record: dict):
         model = model.to(memory_format=torch.channels_last)
     module = ClassifierModule(model, settings.sgd, check_every=settings.train.check_every)
     datamodule = ImageDataModule(settings.data)
+    datamodule.prepare_data()  # a missing dataset fails here, before the Trainer says anything
     callbacks = build_callbacks(settings)
     trainer = _build_trainer(settings, out_dir, callbacks)
     last = out_dir / "checkpoints" / "last.ckpt"

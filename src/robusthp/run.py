@@ -2,36 +2,65 @@
 
     python -m robusthp.run dataset=fashion_mnist model=stdcnn regime=lr_bs batch_size=512 momentum=0.5
     python -m robusthp.run -m batch_size=32,64,128 momentum=0,0.2,0.5,0.9
+
+Bad input gets one line on stderr and exit code 2; a run that fails on its own
+exits 1 with its error in one line (the traceback is in the run's error.log).
+Under ``-m`` a failed cell is recorded in its results.json and the sweep goes on.
 """
 
 from __future__ import annotations
 
-import logging
 import sys
+from importlib import resources
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from robusthp.config import ConfigError, settings_from_config
 from robusthp.experiment import run_experiment
 from robusthp.summary import print_record
 
-log = logging.getLogger("robusthp.run")
+GROUPS = ("dataset", "model", "regime", "eval", "experiment")
+
+
+def _fail(message: str, code: int = 2) -> None:
+    print(f"robusthp: error: {message}", file=sys.stderr)
+    sys.exit(code)
+
+
+def check_group_choices(argv: list[str]) -> None:
+    """Reject ``group=unknown`` overrides in one line (Hydra's own message spans a screen)."""
+    conf = resources.files("robusthp.conf")
+    for arg in argv:
+        key, sep, value = arg.lstrip("+").partition("=")
+        if not sep or key not in GROUPS or value in ("", "null"):
+            continue
+        options = sorted(p.name[:-5] for p in conf.joinpath(key).iterdir() if p.name.endswith(".yaml"))
+        for choice in value.split(","):
+            if choice not in options:
+                _fail(f"unknown {key} {choice!r}; choose one of: {', '.join(options)}")
 
 
 @hydra.main(config_path="pkg://robusthp.conf", config_name="config", version_base="1.3")
-def main(cfg: DictConfig) -> dict | None:
+def _main(cfg: DictConfig) -> dict | None:
     try:
         settings = settings_from_config(cfg)
     except ConfigError as err:
-        print(f"robusthp: error: {err}", file=sys.stderr)
-        sys.exit(2)
+        _fail(str(err))
     out_dir = HydraConfig.get().runtime.output_dir
-    config = OmegaConf.to_container(cfg, resolve=True)
-    record = run_experiment(settings, out_dir, config=config)
-    print_record(record, out_dir)
+    record = run_experiment(settings, out_dir, config=OmegaConf.to_container(cfg, resolve=True))
+    if record["status"] != "failed":
+        print_record(record, out_dir)
+    elif HydraConfig.get().mode != RunMode.MULTIRUN:
+        _fail(f"{record['error']} (details: {out_dir}/error.log)", code=1)
     return record
+
+
+def main() -> None:
+    check_group_choices(sys.argv[1:])
+    _main()
 
 
 if __name__ == "__main__":

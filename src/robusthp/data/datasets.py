@@ -8,7 +8,9 @@ tensor so training never touches PIL (torchvision's per-sample PIL path costs
 
 from __future__ import annotations
 
+import functools
 import logging
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,7 +44,13 @@ class _CIFAR10(tvd.CIFAR10):
 
     def _check_integrity(self) -> bool:
         folder = Path(self.root) / self.base_folder
-        return all((folder / name).is_file() for name, _ in self.train_list + self.test_list)
+        files = [name for name, _ in self.train_list + self.test_list] + [self.meta["filename"]]
+        return all((folder / name).is_file() for name in files)
+
+    def _load_meta(self) -> None:
+        with open(Path(self.root) / self.base_folder / self.meta["filename"], "rb") as f:
+            self.classes = pickle.load(f, encoding="latin1")[self.meta["key"]]
+        self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
 
 
 DATASETS: dict[str, DatasetSpec] = {
@@ -74,6 +82,12 @@ def get_spec(name: str) -> DatasetSpec:
 
 
 def load_tensors(name: str, root: str | Path, train: bool, download: bool = True):
+    """See :func:`_load_tensors`; decoded once per process (runs of a sweep share it)."""
+    return _load_tensors(name, str(Path(root).expanduser().resolve()), train, download)
+
+
+@functools.lru_cache(maxsize=6)
+def _load_tensors(name: str, root: str | Path, train: bool, download: bool = True):
     """``(images uint8 (N, C, H, W), labels int64 (N,))`` of the official train or test set.
 
     Reads ``root`` first; downloads only when the files are missing and
@@ -107,7 +121,7 @@ def _missing_message(spec: DatasetSpec, root: Path, tried_download: bool) -> str
     )
 
 
-def _one_line(err: Exception, limit: int = 160) -> str:
+def _one_line(err: Exception, limit: int = 60) -> str:
     text = " ".join(str(err).split())
     return f"download failed: {type(err).__name__}: {text[:limit]}"
 

@@ -1,0 +1,37 @@
+# Two commands do all the set-up on a fresh machine:
+#   make run    train + evaluate a small default experiment (~1 min on 2 CPU cores), print results
+#   make test   the fast CPU test suite
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# Offline copies of MNIST / Fashion-MNIST beside the repo, when present; else ./data (downloads).
+ROBUSTHP_DATA_DIR ?= $(if $(wildcard ../shared/datasets),$(abspath ../shared/datasets),$(abspath data))
+export ROBUSTHP_DATA_DIR
+
+.PHONY: run test test-all bench lint clean
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[test]"
+	touch $@
+
+run: $(VENV)/.installed
+	$(PY) -m robusthp.run experiment=quick
+
+test: $(VENV)/.installed
+	$(PY) -m pytest -q
+
+test-all: $(VENV)/.installed
+	$(PY) -m pytest -q -m "not gpu"
+
+bench: $(VENV)/.installed
+	$(PY) benchmarks/train_throughput.py
+	$(PY) benchmarks/attacks.py
+	$(PY) benchmarks/hessian.py
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check src tests benchmarks
+
+clean:
+	rm -rf $(VENV) outputs/runs outputs/multirun

@@ -1,0 +1,92 @@
+"""The Hydra entry point end to end, as a user runs it (subprocesses, synthetic data)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+FAST = ["eval=none", "epochs=1", "data.val_size=50", "batch_size=32", "trainer.progress_bar=false"]
+
+
+def run(args, root, tmp_path, check=True):
+    env = dict(os.environ, ROBUSTHP_DATA_DIR=str(root), HYDRA_FULL_ERROR="0")
+    cmd = [sys.executable, "-m", "robusthp.run", *args, f"hydra.run.dir={tmp_path}/run",
+           f"hydra.sweep.dir={tmp_path}/sweep"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    if check:
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def test_one_epoch_run_writes_complete_results(synthetic_root, tmp_path):
+    run([*FAST, "model=stdcnn", "regime=lr_bs", "momentum=0.5", "seed=3"], synthetic_root, tmp_path)
+    res = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert res["status"] == "ok" and res["error"] is None
+    assert res["cell"] == {
+        "dataset": "mnist", "model": "stdcnn", "regime": "lr_bs", "batch_size": 32,
+        "momentum": 0.5, "lr": pytest.approx(0.005), "seed": 3, "epochs": 1,
+    }
+    for key in ("test_acc", "val_acc", "train_loss"):
+        assert isinstance(res["metrics"][key], float)
+    assert 0 <= res["metrics"]["test_acc"] <= 1
+    assert res["steps"] == -(-250 // 32)  # 300 synthetic training images - 50 val
+    assert res["wall_time_s"] > 0 and res["env"]["torch"] and res["env"]["device"] == "cpu"
+    assert res["config"]["batch_size"] == 32 and res["config"]["dataset"]["name"] == "mnist"
+
+
+def test_same_seed_same_numbers(synthetic_root, tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir(), b.mkdir()
+    run([*FAST, "seed=1"], synthetic_root, a)
+    run([*FAST, "seed=1"], synthetic_root, b)
+    ra, rb = (json.loads((d / "run" / "results.json").read_text())["metrics"] for d in (a, b))
+    assert ra["train_loss"] == rb["train_loss"] and ra["test_acc"] == rb["test_acc"]
+
+
+def test_two_job_multirun(synthetic_root, tmp_path):
+    run(["-m", *FAST, "batch_size=32,64"], synthetic_root, tmp_path)
+    results = sorted((tmp_path / "sweep").rglob("results.json"))
+    cells = sorted(json.loads(p.read_text())["cell"]["batch_size"] for p in results)
+    assert cells == [32, 64]
+
+
+def test_divergence_is_recorded_and_the_sweep_goes_on(synthetic_root, tmp_path):
+    run(["-m", *FAST, "regime=lr_bs", "regime.lr_bs_ratio=1000", "trainer.check_every=2", "batch_size=32,64"],
+        synthetic_root, tmp_path)
+    statuses = [json.loads(p.read_text())["status"] for p in (tmp_path / "sweep").rglob("results.json")]
+    assert statuses == ["diverged", "diverged"]
+
+
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("dataset=imagenet", "unknown dataset 'imagenet'; choose one of: cifar10, fashion_mnist, mnist"),
+        ("model=vgg", "unknown model 'vgg'; choose one of: c1, m1, resnet18, stdcnn"),
+        ("regime=adam", "unknown regime 'adam'; choose one of: benchmark, lr, lr_bs"),
+        ("batch_size=0", "batch_size must be >= 1, got 0"),
+        ("batch_size=12.5", "batch_size must be an integer, got 12.5"),
+        ("momentum=1.2", "momentum must be in [0, 1), got 1.2"),
+        ("epochs=0", "epochs must be >= 1, got 0"),
+    ],
+)
+def test_bad_input_is_one_line_and_nonzero(synthetic_root, tmp_path, override, message):
+    proc = run([*FAST, override], synthetic_root, tmp_path, check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == f"robusthp: error: {message}"
+
+
+def test_benchmark_rejects_a_momentum_override(synthetic_root, tmp_path):
+    proc = run([*FAST, "regime=benchmark", "momentum=0.5"], synthetic_root, tmp_path, check=False)
+    assert proc.returncode == 2 and "fixes momentum at 0.9" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_missing_data_root_is_one_clear_line(tmp_path):
+    proc = run([*FAST, "data.download=false"], tmp_path / "no_data_here", tmp_path, check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    line = proc.stderr.strip()
+    assert "\n" not in line and "no_data_here" in line and "MNIST/raw" in line
