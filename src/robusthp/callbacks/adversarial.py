@@ -1,0 +1,270 @@
+"""``AdversarialRobustness``: FGSM/PGD accuracy of any LightningModule, as a callback.
+
+    import lightning.pytorch as pl            # or: import pytorch_lightning as pl
+    from robusthp.callbacks import AdversarialRobustness
+    cb = AdversarialRobustness(eps=0.3, num_samples=1000)
+    pl.Trainer(callbacks=[cb]).fit(model, datamodule=dm)
+    cb.results  # {"clean_acc": ..., "fgsm_acc": ..., "pgd_acc": ..., "adversarial_time_s": ...}
+
+The module's ``forward`` must map ``[0, 1]`` pixels to logits (normalization inside).
+Runs once at the end of fit (``on_train_end``: the module is still on its device;
+``on_fit_end`` comes after Lightning moved it to the CPU) and/or at the end of
+test (``on_test_epoch_end``, where inference mode is switched off for the attack).
+Data: ``dataloader=`` if given, else the datamodule's ``test_dataloader()``, else
+(test stage) the loader given to ``trainer.test``. Only global rank zero computes.
+
+Result keys. One eps: ``clean_acc``, ``fgsm_acc``, ``pgd_acc``. Several eps: also
+``fgsm_acc@<eps>``/``pgd_acc@<eps>`` for each eps (``f"{eps:g}"``, e.g. ``pgd_acc@0.1``),
+and the plain keys hold the FIRST eps (the primary one, so readers of ``pgd_acc`` work
+whatever the list). Loggers get every accuracy key prefixed ``adv/``; ``self.results``
+also holds ``adversarial_time_s`` and ``adversarial_num_samples``.
+
+Leaves the model's train/eval flags, parameters' ``.grad`` and the global RNG as it
+found them (the data loader's base-seed draw is done under ``torch.random.fork_rng``).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from robusthp.attacks import (
+    DEFAULT_PGD_STEPS,
+    acc_key,
+    bind,
+    check_attack_args,
+    default_alpha,
+    get_attack,
+    robust_accuracy,
+)
+from robusthp.callbacks._lightning import (
+    callback_bases,
+    datamodule_loader,
+    default_batch_to_xy,
+    log_to_loggers,
+    take_samples,
+)
+from robusthp.side_effects import gradients_on
+
+log = logging.getLogger(__name__)
+
+HOOKS = {"fit_end": "on_train_end", "test_end": "on_test_epoch_end"}
+LOG_PREFIX = "adv/"
+BatchToXY = Callable[[Any], tuple[Tensor, Tensor]]
+
+
+class _AdversarialRobustnessLogic:
+    """Lightning-free logic; ``AdversarialRobustness`` adds the Callback bases."""
+
+    def __init__(
+        self,
+        eps: float | Sequence[float],
+        attacks: str | Sequence[str] = ("fgsm", "pgd"),
+        pgd_steps: int = DEFAULT_PGD_STEPS,
+        pgd_alpha: float | None = None,
+        random_start: bool = False,
+        num_samples: int | None = None,
+        dataloader: Iterable[Any] | None = None,
+        batch_to_xy: BatchToXY | None = None,
+        on: str | Sequence[str] = ("fit_end",),
+        seed: int = 0,
+        batch_size: int | None = None,
+        progress: bool = True,
+    ) -> None:
+        super().__init__()
+        self.eps = _as_eps_list(eps)
+        self.attacks = _as_names(attacks, "attacks")
+        for name in self.attacks:
+            get_attack(name)  # unknown names raise, listing the valid ones
+        check_attack_args(eps=self.eps[0], alpha=pgd_alpha, steps=pgd_steps)
+        self.pgd_steps, self.pgd_alpha, self.random_start = pgd_steps, pgd_alpha, bool(random_start)
+        self.on = _as_names(on, "on")
+        for hook in self.on:
+            if hook not in HOOKS:
+                raise ValueError(f"unknown hook {hook!r} in on=; valid: {', '.join(HOOKS)}")
+        self.num_samples = _optional_positive_int(num_samples, "num_samples")
+        self.batch_size = _optional_positive_int(batch_size, "batch_size")
+        if batch_to_xy is not None and not callable(batch_to_xy):
+            raise TypeError(f"batch_to_xy must be callable(batch) -> (x, y); got {batch_to_xy!r}")
+        self.batch_to_xy = batch_to_xy or default_batch_to_xy
+        self.dataloader, self.seed, self.progress = dataloader, int(seed), bool(progress)
+        self.results: dict[str, float] = {}
+
+    # ------------------------------------------------------------ Lightning hooks
+
+    def on_train_end(self, trainer: Any, pl_module: nn.Module) -> None:
+        if "fit_end" in self.on:
+            self._run(trainer, pl_module, stage="fit")
+
+    def on_test_epoch_end(self, trainer: Any, pl_module: nn.Module) -> None:
+        if "test_end" in self.on:
+            self._run(trainer, pl_module, stage="test")
+
+    def _run(self, trainer: Any, pl_module: nn.Module, stage: str) -> None:
+        if not getattr(trainer, "is_global_zero", True):
+            return
+        loader = self._loader(trainer, stage)
+        with gradients_on():  # test hooks run under inference mode
+            self.results = self.evaluate(pl_module, loader, device=pl_module.device)
+        log_to_loggers(trainer, {LOG_PREFIX + k: v for k, v in self.results.items() if "_acc" in k})
+        log.info("adversarial robustness (%s): %s", stage, self.results)
+
+    def _loader(self, trainer: Any, stage: str) -> Iterable[Any]:
+        if self.dataloader is not None:
+            return self.dataloader
+        try:
+            loader = datamodule_loader(trainer, ("test_dataloader",))
+        except Exception as err:
+            raise RuntimeError(
+                "AdversarialRobustness: the datamodule's test_dataloader() failed "
+                f"({type(err).__name__}: {err}); pass dataloader= to the callback"
+            ) from err
+        if loader is None and stage == "test":
+            loader = _first_loader(getattr(trainer, "test_dataloaders", None))
+        if loader is None:
+            raise ValueError(
+                "AdversarialRobustness: no data to evaluate on: pass dataloader= to the callback "
+                "or give the Trainer a datamodule with test_dataloader()"
+            )
+        return loader
+
+    # ------------------------------------------------------------ the evaluation
+
+    def evaluate(
+        self, model: nn.Module, loader: Iterable[Any], device: torch.device | str | None = None
+    ) -> dict[str, float]:
+        """Clean and attacked accuracy of ``model`` on the first ``num_samples`` of ``loader``."""
+        start = time.perf_counter()
+        with torch.random.fork_rng(devices=[]):  # a DataLoader draws its base seed globally
+            batches = take_samples(loader, self.num_samples, self.batch_to_xy)
+        batches = _rebatch(batches, self.batch_size)
+        attack_fns = self._attack_fns(_device_of(model, device))
+        with _progress_bar(self.progress, "adversarial eval") as progress:
+            accs = robust_accuracy(model, batches, attack_fns, device=device, progress=progress)
+        results = self._with_primary_keys(accs)
+        results["adversarial_num_samples"] = results.pop("num_samples")
+        results["adversarial_time_s"] = time.perf_counter() - start
+        return results
+
+    def _attack_fns(self, device: torch.device) -> dict[str, Callable[..., Tensor]]:
+        several = len(self.eps) > 1
+        fns = {}
+        for eps in self.eps:
+            for name in self.attacks:
+                key = f"{name}@{eps:g}" if several else name
+                fns[key] = bind(name, **self._settings(name, eps, device))
+        return fns
+
+    def _settings(self, name: str, eps: float, device: torch.device) -> dict[str, Any]:
+        if name != "pgd":
+            return {"eps": eps}
+        alpha = self.pgd_alpha if self.pgd_alpha is not None else default_alpha(eps, self.pgd_steps)
+        generator = torch.Generator(device=device).manual_seed(self.seed)
+        return {
+            "eps": eps, "alpha": alpha, "steps": self.pgd_steps,
+            "random_start": self.random_start, "generator": generator,
+        }
+
+    def _with_primary_keys(self, accs: Mapping[str, float]) -> dict[str, float]:
+        results = dict(accs)
+        if len(self.eps) > 1:  # plain keys = the first (primary) eps
+            for name in self.attacks:
+                results[acc_key(name)] = accs[acc_key(f"{name}@{self.eps[0]:g}")]
+        return results
+
+
+class AdversarialRobustness(_AdversarialRobustnessLogic, *callback_bases()):
+    """FGSM/PGD robust accuracy at the end of fit and/or test, for either Lightning namespace.
+
+    Args:
+        eps: L-inf radius in ``[0, 1]`` pixel units, or several (the first is primary).
+            Paper: 0.3 (MNIST, Fashion-MNIST), 0.02 (CIFAR-10).
+        attacks: names from ``robusthp.attacks.ATTACKS`` (default fgsm and pgd).
+        pgd_steps: PGD steps (default 40, the paper's). pgd_alpha: step size; None ->
+            ``2.5 * eps / pgd_steps`` per eps. random_start: PGD random start (default
+            False), drawn from a private generator seeded ``seed``.
+        num_samples: evaluate on the first N test points (None: all).
+        dataloader: data to attack (default: the datamodule's ``test_dataloader()``).
+        batch_to_xy: ``batch -> (x, y)``; default handles tuples and common dict keys.
+        on: any of ``"fit_end"`` (``on_train_end``), ``"test_end"`` (``on_test_epoch_end``).
+        batch_size: re-batch the samples for the attack (None: the loader's batches).
+        progress: show a rich progress bar (only on a terminal).
+
+    After a run, ``self.results`` holds the metrics (see the module docstring).
+    """
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _as_eps_list(eps: float | Sequence[float]) -> list[float]:
+    values = [eps] if isinstance(eps, (int, float)) else list(eps)
+    if not values:
+        raise ValueError("eps must be a number or a non-empty sequence of numbers; got []")
+    for value in values:
+        check_attack_args(eps=value)
+    labels = [f"{float(v):g}" for v in values]
+    if len(set(labels)) != len(labels):
+        raise ValueError(f"eps values must be distinct (as printed with :g); got {labels}")
+    return [float(v) for v in values]
+
+
+def _as_names(names: str | Sequence[str], what: str) -> tuple[str, ...]:
+    out = (names,) if isinstance(names, str) else tuple(names)
+    if not out:
+        raise ValueError(f"{what} must name at least one entry; got {names!r}")
+    return out
+
+
+def _optional_positive_int(value: int | None, what: str) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{what} must be None or an integer >= 1; got {value!r}")
+    return value
+
+
+def _first_loader(loaders: Any) -> Iterable[Any] | None:
+    if isinstance(loaders, (list, tuple)):
+        return loaders[0] if loaders else None
+    if isinstance(loaders, Mapping):
+        return next(iter(loaders.values()), None)
+    return loaders
+
+
+def _rebatch(batches: list[tuple[Tensor, Tensor]], batch_size: int | None) -> list[tuple[Tensor, Tensor]]:
+    if batch_size is None:
+        return batches
+    x = torch.cat([b[0] for b in batches])
+    y = torch.cat([b[1] for b in batches])
+    return list(zip(x.split(batch_size), y.split(batch_size), strict=True))
+
+
+def _device_of(model: nn.Module, device: torch.device | str | None) -> torch.device:
+    if device is not None:
+        return torch.device(device)
+    param = next(model.parameters(), None)
+    return param.device if param is not None else torch.device("cpu")
+
+
+@contextmanager
+def _progress_bar(enabled: bool, description: str) -> Iterator[Callable[[int, int | None], None]]:
+    """A rich progress bar over batches, fed by ``progress(done, total)`` calls."""
+    from rich.console import Console
+    from rich.progress import Progress
+
+    show = enabled and sys.stderr.isatty()
+    with Progress(console=Console(stderr=True), transient=True, disable=not show) as bar:
+        task = bar.add_task(description, total=None)
+
+        def update(done: int, total: int | None) -> None:
+            bar.update(task, completed=done, total=total)
+
+        yield update

@@ -1,0 +1,233 @@
+"""HessianEigenvalues in real Trainers of both Lightning namespaces, on tiny synthetic data."""
+
+from __future__ import annotations
+
+import csv
+import importlib
+import logging
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, TensorDataset
+
+from robusthp.callbacks import HessianEigenvalues
+from robusthp.hessian import top_eigenvalues
+
+NAMESPACES = ["pytorch_lightning", "lightning.pytorch"]
+N_TRAIN, N_USED = 40, 24
+
+
+def tiny_data(n: int = N_TRAIN, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(n, 6, generator=g)
+    y = (x[:, 0] > 0.5).long() + (x[:, 1] > 0.5).long()  # 3 classes, learnable
+    return x, y
+
+
+def make_classes(ns: str, eval_loader: bool = True):
+    pl = importlib.import_module(ns)
+
+    class Tiny(pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.net = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Dropout(0.2), nn.Linear(8, 3))
+
+        def forward(self, x):
+            return self.net(x)
+
+        def training_step(self, batch, _):
+            x, y = batch[0], batch[1]
+            return F.cross_entropy(self(x), y)
+
+        def test_step(self, batch, _):
+            x, y = batch[0], batch[1]
+            self.log("test_loss", F.cross_entropy(self(x), y))
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    class Data(pl.LightningDataModule):
+        def setup(self, stage=None):
+            self.train = TensorDataset(*tiny_data())
+
+        def train_dataloader(self):
+            return DataLoader(self.train, batch_size=16, shuffle=True)
+
+        def test_dataloader(self):
+            return DataLoader(self.train, batch_size=16)
+
+    class DataWithEval(Data):
+        def eval_train_dataloader(self):
+            return DataLoader(self.train, batch_size=10)  # short last batch
+
+    return pl, Tiny, (DataWithEval if eval_loader else Data)
+
+
+def trainer(pl, tmp_path, callbacks, logger=True):
+    return pl.Trainer(
+        accelerator="cpu",
+        devices=1,
+        max_epochs=1,
+        callbacks=callbacks,
+        logger=pl.loggers.CSVLogger(tmp_path) if logger else False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        log_every_n_steps=1,
+    )
+
+
+def logged(tr) -> dict[str, float]:
+    with open(tr.logger.experiment.metrics_file_path) as f:
+        rows = list(csv.DictReader(f))
+    return {k: float(v) for row in rows for k, v in row.items() if k.startswith("hessian/") and v}
+
+
+@pytest.mark.parametrize("backend", ["lanczos", "pyhessian"])
+@pytest.mark.parametrize("ns", NAMESPACES)
+def test_fit_end_logs_and_stores(ns, backend, tmp_path):
+    pl, Tiny, Data = make_classes(ns)
+    cb = HessianEigenvalues(top_n=2, backend=backend, num_samples=N_USED, progress=False)
+    assert isinstance(cb, pl.Callback)
+    model, tr = Tiny(), None
+    tr = trainer(pl, tmp_path, [cb])
+    tr.fit(model, datamodule=Data())
+    res = cb.results
+    assert set(res) >= {
+        "hessian_top_eig",
+        "hessian_eigs",
+        "hessian_backend",
+        "hessian_num_hvp",
+        "hessian_converged",
+        "hessian_time_s",
+    }
+    assert res["hessian_backend"] == backend and res["hessian_num_samples"] == N_USED
+    assert len(res["hessian_eigs"]) == 2 and res["hessian_top_eig"] == res["hessian_eigs"][0]
+    metrics = logged(tr)
+    assert metrics["hessian/top_eig"] == pytest.approx(res["hessian_top_eig"], rel=1e-6)
+    assert metrics["hessian/eig_2"] == pytest.approx(res["hessian_eigs"][1], rel=1e-6)
+    assert metrics["hessian/num_hvp"] == res["hessian_num_hvp"]
+    assert "hessian/seconds" in metrics
+    # the same numbers as the core on the first N_USED training samples, unshuffled
+    x, y = tiny_data()
+    direct = top_eigenvalues(model, [(x[:N_USED], y[:N_USED])], top_n=2, backend=backend)
+    assert res["hessian_top_eig"] == pytest.approx(direct.top, rel=1e-4)
+
+
+@pytest.mark.parametrize("ns", NAMESPACES)
+def test_dict_batches_user_batch_to_xy_alone_at_test_end(ns, tmp_path):
+    pl, Tiny, _ = make_classes(ns)
+
+    class Dicts(Dataset):
+        def __init__(self):
+            self.x, self.y = tiny_data()
+
+        def __len__(self):
+            return len(self.y)
+
+        def __getitem__(self, i):
+            return {"pixels": self.x[i], "cls": self.y[i]}
+
+    loader = DataLoader(Dicts(), batch_size=7)
+    cb = HessianEigenvalues(
+        backend="lanczos",
+        num_samples=None,
+        dataloader=loader,
+        batch_to_xy=lambda b: (b["pixels"], b["cls"]),
+        on="test_end",
+        batch_size=32,
+        progress=False,
+    )
+    model = Tiny()
+    tr = trainer(pl, tmp_path, cb)  # a single callback, not in a list
+    tr.test(model, dataloaders=DataLoader(TensorDataset(*tiny_data(8)), batch_size=4))
+    assert cb.results["hessian_num_samples"] == N_TRAIN
+    assert logged(tr)["hessian/top_eig"] == pytest.approx(cb.results["hessian_top_eig"], rel=1e-6)
+    x, y = tiny_data()
+    assert cb.results["hessian_top_eig"] == pytest.approx(
+        top_eigenvalues(model, [(x, y)]).top, rel=1e-4
+    )
+
+
+def test_train_dataloader_fallback_warns(tmp_path, caplog):
+    pl, Tiny, Data = make_classes("pytorch_lightning", eval_loader=False)
+    cb = HessianEigenvalues(backend="lanczos", num_samples=16, progress=True)
+    with caplog.at_level(logging.INFO, logger="robusthp.callbacks.hessian"):
+        trainer(pl, tmp_path, [cb], logger=False).fit(Tiny(), datamodule=Data())
+    assert "eval_train_dataloader" in caplog.text
+    assert "Hessian top-1 eigenvalues" in caplog.text
+    assert cb.results["hessian_num_samples"] == 16
+
+
+def test_fit_without_datamodule_uses_running_train_loader(tmp_path, caplog):
+    pl, Tiny, _ = make_classes("lightning.pytorch")
+    cb = HessianEigenvalues(backend="lanczos", num_samples=16, progress=False)
+    loader = DataLoader(TensorDataset(*tiny_data()), batch_size=8)
+    trainer(pl, tmp_path, [cb], logger=False).fit(Tiny(), train_dataloaders=loader)
+    assert cb.results["hessian_num_samples"] == 16
+
+
+@pytest.mark.parametrize("backend", ["lanczos", "pyhessian"])
+def test_hook_leaves_mode_grads_rng_as_found(backend, tmp_path):
+    pl, Tiny, Data = make_classes("pytorch_lightning", eval_loader=False)
+    cb = HessianEigenvalues(backend=backend, num_samples=N_USED, progress=False, on="test_end")
+    model, dm = Tiny(), Data()
+    tr = trainer(pl, tmp_path, [cb], logger=False)
+    tr.fit(model, datamodule=dm)  # on="test_end": nothing measured at fit end
+    assert cb.results == {}
+    model.train()
+    model.net[2].eval()
+    modes = [m.training for m in model.modules()]
+    sentinels = [torch.full_like(p, 3.0) for p in model.parameters()]
+    for p, s in zip(model.parameters(), sentinels, strict=True):
+        p.grad = s
+    torch.manual_seed(7)
+    states = (torch.get_rng_state(), __import__("random").getstate())
+    cb.on_train_end(tr, model)  # not a chosen stage: no-op
+    assert cb.results == {}
+    cb.on_test_epoch_end(tr, model)  # shuffled train_dataloader: draws from the RNG inside
+    assert torch.equal(torch.get_rng_state(), states[0])
+    assert __import__("random").getstate() == states[1]
+    assert [m.training for m in model.modules()] == modes
+    for p, s in zip(model.parameters(), sentinels, strict=True):
+        assert p.grad is s and torch.all(s == 3.0)
+    assert cb.results["hessian_backend"] == backend
+
+
+def test_no_data_is_a_clear_error(tmp_path):
+    pl, Tiny, _ = make_classes("lightning.pytorch")
+    cb = HessianEigenvalues(on="test_end", progress=False)
+    tr = trainer(pl, tmp_path, [cb], logger=False)
+    with pytest.raises(ValueError, match="dataloader="):
+        tr.test(Tiny(), dataloaders=DataLoader(TensorDataset(*tiny_data(8)), batch_size=4))
+
+
+def test_defaults():
+    cb = HessianEigenvalues()
+    assert (cb.top_n, cb.backend, cb.num_samples, cb.on) == (1, "pyhessian", 4096, ("fit_end",))
+    for ns in NAMESPACES:
+        assert isinstance(cb, importlib.import_module(ns).Callback)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"top_n": 0}, "top_n"),
+        ({"backend": "power"}, "lanczos, pyhessian"),
+        ({"num_samples": 0}, "num_samples"),
+        ({"num_samples": 2.5}, "num_samples"),
+        ({"max_iter": 0}, "max_iter"),
+        ({"tol": 0}, "tol"),
+        ({"batch_size": 0}, "batch_size"),
+        ({"on": ("val_end",)}, "fit_end, test_end"),
+        ({"on": ()}, "fit_end, test_end"),
+    ],
+)
+def test_bad_construction(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        HessianEigenvalues(**kwargs)
+    with pytest.raises(TypeError, match="batch_to_xy"):
+        HessianEigenvalues(batch_to_xy="x")
