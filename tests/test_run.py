@@ -90,3 +90,28 @@ def test_missing_data_root_is_one_clear_line(tmp_path):
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     line = proc.stderr.strip()
     assert "\n" not in line and "no_data_here" in line and "MNIST/raw" in line
+
+
+def test_evaluation_lands_in_results_json(synthetic_root, tmp_path):
+    small_eval = ["eval=default", "eval.adversarial.num_samples=40", "eval.adversarial.pgd_steps=3",
+                  "eval.hessian.num_samples=64", "eval.hessian.backend=lanczos"]
+    run([*FAST, *small_eval, "model=stdcnn"], synthetic_root, tmp_path)
+    res = json.loads((tmp_path / "run" / "results.json").read_text())
+    m, t = res["metrics"], res["timings_s"]
+    assert res["status"] == "ok"
+    assert 0 <= m["pgd_acc"] <= m["fgsm_acc"] <= 1 and 0 <= m["clean_acc"] <= 1
+    assert m["adversarial_num_samples"] == 40 and m["hessian_num_samples"] == 64
+    assert isinstance(m["hessian_top_eig"], float) and m["hessian_backend"] == "lanczos"
+    assert t["adversarial"] > 0 and t["hessian"] > 0 and t["train"] > 0
+
+
+@pytest.mark.parametrize("off,absent,present", [
+    ("eval.adversarial.enabled=false", "fgsm_acc", "hessian_top_eig"),
+    ("eval.hessian.enabled=false", "hessian_top_eig", "fgsm_acc"),
+])
+def test_each_evaluation_can_be_switched_off(synthetic_root, tmp_path, off, absent, present):
+    small_eval = ["eval=default", "eval.adversarial.num_samples=20", "eval.adversarial.pgd_steps=2",
+                  "eval.hessian.num_samples=32", "eval.hessian.backend=lanczos"]
+    run([*FAST, *small_eval, off], synthetic_root, tmp_path)
+    metrics = json.loads((tmp_path / "run" / "results.json").read_text())["metrics"]
+    assert absent not in metrics and present in metrics

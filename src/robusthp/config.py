@@ -81,6 +81,7 @@ def _settings(cfg: DictConfig) -> RunSettings:
         shuffle_seed=_int(cfg.seed, "seed"), train_subset=_opt_int(d.train_subset, "data.train_subset"),
         test_subset=_opt_int(d.test_subset, "data.test_subset"), download=bool(d.download),
         channels_last=bool(t.channels_last),
+        steps_per_call=_int(t.get("steps_per_call", 8), "trainer.steps_per_call", 1),
     )
     train = TrainSettings(
         epochs=_int(cfg.epochs, "epochs", minimum=1), seed=_int(cfg.seed, "seed"),

@@ -39,7 +39,8 @@ class _NoAdverts(logging.Filter):
         return not str(record.msg).startswith("💡")
 
 
-logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(_NoAdverts())
+for _name in ("pytorch_lightning.utilities.rank_zero", "lightning.pytorch.utilities.rank_zero"):
+    logging.getLogger(_name).addFilter(_NoAdverts())
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
 
 
@@ -240,7 +241,12 @@ def _train(settings: RunSettings, out_dir: Path, record: dict):
         log.info("resuming from %s", ckpt_path)
     t0 = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
-    record["timings_s"]["train"] = time.perf_counter() - t0
+    # the evaluation callbacks run inside fit (on_train_end); their time is reported apart
+    eval_s = sum(
+        v for cb in callbacks for k, v in (getattr(cb, "results", None) or {}).items()
+        if k.endswith("_time_s")
+    )
+    record["timings_s"]["train"] = time.perf_counter() - t0 - eval_s
     record["steps"] = int(trainer.global_step)
     record["metrics"]["train_loss"] = module.last_metrics.get("train/loss")
     record["metrics"]["train_acc"] = module.last_metrics.get("train/acc")

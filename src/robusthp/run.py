@@ -10,6 +10,7 @@ Under ``-m`` a failed cell is recorded in its results.json and the sweep goes on
 
 from __future__ import annotations
 
+import logging
 import sys
 from importlib import resources
 
@@ -43,8 +44,19 @@ def check_group_choices(argv: list[str]) -> None:
                 _fail(f"unknown {key} {choice!r}; choose one of: {', '.join(options)}")
 
 
+def route_lightning_logs_to_hydra() -> None:
+    """Lightning prints through its own handlers; send its records to Hydra's instead, so
+    each line shows once on the console and lands in the run's log file."""
+    for name in ("lightning", "lightning.pytorch", "pytorch_lightning", "lightning.fabric", "lightning_fabric"):
+        logger = logging.getLogger(name)
+        for handler in list(logger.handlers):
+            logger.removeHandler(handler)
+        logger.propagate = True
+
+
 @hydra.main(config_path="pkg://robusthp.conf", config_name="config", version_base="1.3")
 def _main(cfg: DictConfig) -> dict | None:
+    route_lightning_logs_to_hydra()
     try:
         settings = settings_from_config(cfg)
     except ConfigError as err:

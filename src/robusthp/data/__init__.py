@@ -2,9 +2,9 @@
 
 from robusthp.data.datamodule import DataSettings, ImageDataModule
 from robusthp.data.datasets import DATASETS, DataNotFoundError, DatasetSpec, get_spec, load_tensors
-from robusthp.data.loader import TensorBatches, random_crop_flip
+from robusthp.data.loader import StepChunks, TensorBatches, random_crop_flip
 
 __all__ = [
-    "DATASETS", "DataNotFoundError", "DataSettings", "DatasetSpec", "ImageDataModule",
+    "DATASETS", "DataNotFoundError", "DataSettings", "DatasetSpec", "ImageDataModule", "StepChunks",
     "TensorBatches", "get_spec", "load_tensors", "random_crop_flip",
 ]

@@ -8,7 +8,7 @@ import pytorch_lightning as pl
 import torch
 
 from robusthp.data.datasets import DatasetSpec, get_spec, load_tensors, split_indices
-from robusthp.data.loader import TensorBatches
+from robusthp.data.loader import StepChunks, TensorBatches
 
 
 @dataclass(frozen=True)
@@ -27,6 +27,7 @@ class DataSettings:
     download: bool = True
     on_device: bool = True  # keep the whole dataset on the training device
     channels_last: bool = False
+    steps_per_call: int = 8  # SGD steps per Lightning training_step call (StepChunks)
 
     def __post_init__(self) -> None:
         get_spec(self.dataset)
@@ -34,6 +35,9 @@ class DataSettings:
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise ValueError(f"data.{name} must be a positive integer or null, got {value!r}")
+        if isinstance(self.steps_per_call, bool) or not isinstance(self.steps_per_call, int) \
+                or self.steps_per_call < 1:
+            raise ValueError(f"trainer.steps_per_call must be an integer >= 1, got {self.steps_per_call!r}")
         if not isinstance(self.eval_batch_size, int) or self.eval_batch_size < 1:
             raise ValueError(f"data.eval_batch_size must be a positive integer, got {self.eval_batch_size!r}")
 
@@ -93,8 +97,9 @@ class ImageDataModule(pl.LightningDataModule):
             rank=rank, world_size=world, channels_last=self.settings.channels_last,
         )
 
-    def train_dataloader(self) -> TensorBatches:
-        return self._batches("train", self.settings.batch_size, train=True)
+    def train_dataloader(self) -> StepChunks:
+        batches = self._batches("train", self.settings.batch_size, train=True)
+        return StepChunks(batches, self.settings.steps_per_call)
 
     def val_dataloader(self) -> TensorBatches:
         return self._batches("val", self.settings.eval_batch_size, train=False)

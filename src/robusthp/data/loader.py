@@ -91,3 +91,33 @@ class TensorBatches:
     def to(self, device: torch.device | str) -> TensorBatches:
         self.images, self.labels = self.images.to(device), self.labels.to(device)
         return self
+
+
+class StepChunks:
+    """The batches of ``batches`` grouped into lists of up to ``steps`` ``(x, y)`` pairs.
+
+    One list is one Lightning ``training_step`` call that takes ``steps`` SGD steps
+    (see :class:`robusthp.lit_module.ClassifierModule`), so Lightning's per-call overhead is
+    paid once per chunk. The steps themselves, and their order, are unchanged.
+    ``sampler`` is the wrapped loader, so Lightning's ``set_epoch`` reaches it.
+    """
+
+    def __init__(self, batches: TensorBatches, steps: int):
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+            raise ValueError(f"steps per chunk must be an integer >= 1, got {steps!r}")
+        self.batches, self.steps = batches, steps
+        self.sampler = batches
+        self.batch_sampler = None
+
+    def __len__(self) -> int:
+        return -(-len(self.batches) // self.steps)
+
+    def __iter__(self) -> Iterator[list[tuple[torch.Tensor, torch.Tensor]]]:
+        chunk = []
+        for pair in self.batches:
+            chunk.append(pair)
+            if len(chunk) == self.steps:
+                yield chunk
+                chunk = []
+        if chunk:
+            yield chunk
