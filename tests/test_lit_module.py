@@ -1,7 +1,7 @@
 """ClassifierModule: chunked SGD steps are the same steps; the benchmark schedule; divergence."""
 
-import pytorch_lightning as pl
 import pytest
+import pytorch_lightning as pl
 import torch
 
 from robusthp.data import StepChunks, TensorBatches

@@ -3,7 +3,13 @@
 import pytest
 
 from robusthp.data import DataSettings, load_tensors
-from robusthp.experiment import AdversarialSettings, HessianSettings, RunSettings, TrainSettings, run_experiment
+from robusthp.experiment import (
+    AdversarialSettings,
+    HessianSettings,
+    RunSettings,
+    TrainSettings,
+    run_experiment,
+)
 from robusthp.optim import resolve_sgd
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import platform
 import subprocess
 import time
@@ -137,15 +138,33 @@ def build_callbacks(settings: RunSettings) -> list[pl.Callback]:
     return callbacks
 
 
+class _ResumeCheckpoint(pl.callbacks.Checkpoint):
+    """``checkpoints/last.ckpt`` at the end of every epoch but the last, to resume a killed run.
+
+    Written atomically, after the module's epoch end (Lightning calls ``Checkpoint``
+    callbacks last), so the saved scheduler has stepped. Not after the last epoch:
+    resuming from a finished fit would skip ``on_train_end``, where the evaluation
+    callbacks run, so a run killed during its evaluation redoes its last epoch and then
+    evaluates. The finished model is kept as ``model.pt`` instead.
+    """
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.current_epoch + 1 >= trainer.max_epochs or trainer.should_stop:
+            return
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        trainer.save_checkpoint(tmp)
+        if trainer.is_global_zero:
+            os.replace(tmp, self.path)
+
+
 def _build_trainer(settings: RunSettings, out_dir: Path, callbacks: list) -> pl.Trainer:
     t = settings.train
     callbacks = list(callbacks)
     if t.checkpoint:
-        callbacks.append(
-            pl.callbacks.ModelCheckpoint(
-                dirpath=out_dir / "checkpoints", save_last=True, save_top_k=0, every_n_epochs=1
-            )
-        )
+        callbacks.append(_ResumeCheckpoint(out_dir / "checkpoints" / "last.ckpt"))
     if t.progress_bar:
         callbacks.append(pl.callbacks.RichProgressBar(leave=True))
     return pl.Trainer(
@@ -154,7 +173,7 @@ def _build_trainer(settings: RunSettings, out_dir: Path, callbacks: list) -> pl.
         devices=t.devices,
         precision=t.precision,
         callbacks=callbacks,
-        logger=pl.loggers.CSVLogger(out_dir, name="logs", version=""),
+        logger=pl.loggers.CSVLogger(out_dir, name="logs"),  # version_0, then version_1 after a resume
         enable_progress_bar=t.progress_bar,
         enable_model_summary=False,
         enable_checkpointing=t.checkpoint,
@@ -248,6 +267,8 @@ def _train(settings: RunSettings, out_dir: Path, record: dict):
     )
     record["timings_s"]["train"] = time.perf_counter() - t0 - eval_s
     record["steps"] = int(trainer.global_step)
+    if settings.train.checkpoint and not module.diverged:
+        torch.save(module.model.state_dict(), out_dir / "model.pt")  # the trained weights
     record["metrics"]["train_loss"] = module.last_metrics.get("train/loss")
     record["metrics"]["train_acc"] = module.last_metrics.get("train/acc")
     record["metrics"]["val_acc"] = module.last_metrics.get("val/acc")

@@ -98,6 +98,22 @@ class ClassifierModule(pl.LightningModule):
             return optimizer
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
 
+    # ------------------------------------------------------------------ resuming
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """Keep the global RNG streams (dropout draws from them), so a resumed run takes
+        the same steps as an unbroken one."""
+        checkpoint["rng_states"] = {"cpu": torch.get_rng_state()}
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            checkpoint["rng_states"]["cuda"] = torch.cuda.get_rng_state_all()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        states = checkpoint.get("rng_states", {})
+        if "cpu" in states:
+            torch.set_rng_state(states["cpu"])
+        if "cuda" in states and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(states["cuda"])
+
     # ------------------------------------------------------------------ evaluation
 
     def _eval_step(self, stage: str, batch) -> None:

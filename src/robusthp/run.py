@@ -10,20 +10,51 @@ Under ``-m`` a failed cell is recorded in its results.json and the sweep goes on
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import sys
 from importlib import resources
+from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from robusthp.callbacks._lightning import callback_bases
 from robusthp.config import ConfigError, settings_from_config
 from robusthp.experiment import run_experiment
+from robusthp.results import RESULTS_FILE, is_complete, read_results
 from robusthp.summary import print_record
 
-GROUPS = ("dataset", "model", "regime", "eval", "experiment")
+log = logging.getLogger(__name__)
+GROUPS = ("dataset", "model", "regime", "eval", "line", "experiment")
+NAME_EXCLUDED = ("resume=", "trainer.progress_bar=", "trainer.threads=")  # do not change results
+MAX_NAME = 120
+
+
+def sweep_name(task_overrides: list[str]) -> str:
+    """A sweep's directory name from its command-line overrides, the same for the same command
+    (sorted; ``experiment=X`` is written ``X``); long names end in a hash of the full name."""
+    items = sorted(
+        o.split("=", 1)[1] if o.startswith("experiment=") else o
+        for o in task_overrides if not o.startswith(NAME_EXCLUDED)
+    )
+    name = "__".join(items).replace("/", "-") or "default"
+    if len(name) > MAX_NAME:
+        name = name[: MAX_NAME - 9] + "-" + hashlib.sha1(name.encode()).hexdigest()[:8]
+    return name
+
+
+def job_dir(override_dirname: str) -> str:
+    """A sweep cell's subdir: its own overrides (``batch_size=32,line=lr_m0``)."""
+    return override_dirname.replace("/", "-") or "default"
+
+
+# Cached like Hydra's ${now:}: a sweep's jobs (and joblib's workers) reuse the value the
+# launcher computed, although each job's own hydra.overrides.task differs.
+OmegaConf.register_new_resolver("robusthp_sweep_name", sweep_name, use_cache=True, replace=True)
+OmegaConf.register_new_resolver("robusthp_job_dir", job_dir, replace=True)
 
 
 def _fail(message: str, code: int = 2) -> None:
@@ -47,6 +78,7 @@ def check_group_choices(argv: list[str]) -> None:
 def route_lightning_logs_to_hydra() -> None:
     """Lightning prints through its own handlers; send its records to Hydra's instead, so
     each line shows once on the console and lands in the run's log file."""
+    callback_bases()  # imports every installed Lightning namespace now: each adds its handler
     for name in ("lightning", "lightning.pytorch", "pytorch_lightning", "lightning.fabric", "lightning_fabric"):
         logger = logging.getLogger(name)
         for handler in list(logger.handlers):
@@ -62,6 +94,10 @@ def _main(cfg: DictConfig) -> dict | None:
     except ConfigError as err:
         _fail(str(err))
     out_dir = HydraConfig.get().runtime.output_dir
+    if cfg.get("resume", True) and is_complete(out_dir):
+        record = read_results(Path(out_dir) / RESULTS_FILE)
+        log.info("skipping %s: finished before (%s)", out_dir, record["status"])
+        return record
     record = run_experiment(settings, out_dir, config=OmegaConf.to_container(cfg, resolve=True))
     if record["status"] != "failed":
         print_record(record, out_dir)

@@ -1,0 +1,62 @@
+"""A run killed mid-way resumes from its last epoch checkpoint and ends where an unbroken run does."""
+
+import pytest
+import pytorch_lightning as pl
+
+from robusthp import experiment
+from robusthp.data import DataSettings
+from robusthp.experiment import (
+    AdversarialSettings,
+    HessianSettings,
+    RunSettings,
+    TrainSettings,
+    run_experiment,
+)
+from robusthp.optim import resolve_sgd
+
+
+class _Crash(pl.Callback):
+    """Kills the fit when epoch ``at`` starts (as a power cut or a SLURM timeout would)."""
+
+    def __init__(self, at: int):
+        self.at = at
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        if trainer.current_epoch == self.at:
+            raise RuntimeError("killed")
+
+
+class _CrashInEvaluation(pl.Callback):
+    def on_train_end(self, trainer, pl_module):
+        raise RuntimeError("killed during evaluation")
+
+
+def _settings(root, epochs=3):
+    return RunSettings(
+        data=DataSettings(dataset="mnist", root=str(root), batch_size=32, val_size=50, download=False),
+        model="stdcnn", sgd=resolve_sgd("benchmark", batch_size=32),
+        train=TrainSettings(epochs=epochs, seed=5, progress_bar=False),
+        adversarial=AdversarialSettings(enabled=True, eps=(0.1,), pgd_steps=2, num_samples=20),
+        hessian=HessianSettings(enabled=False),
+    )
+
+
+def _with_extra_callback(monkeypatch, callback):
+    plain = experiment.build_callbacks
+    monkeypatch.setattr(experiment, "build_callbacks", lambda s: [*plain(s), callback])
+
+
+@pytest.mark.parametrize("crash", [_Crash(at=2), _CrashInEvaluation()], ids=["mid-training", "in-evaluation"])
+def test_killed_run_resumes_to_the_same_result(synthetic_root, tmp_path, monkeypatch, crash):
+    unbroken = run_experiment(_settings(synthetic_root), tmp_path / "unbroken")
+    with monkeypatch.context() as m:
+        _with_extra_callback(m, crash)
+        killed = run_experiment(_settings(synthetic_root), tmp_path / "killed")
+    assert killed["status"] == "failed" and "killed" in killed["error"]
+    assert (tmp_path / "killed" / "checkpoints" / "last.ckpt").is_file()
+    resumed = run_experiment(_settings(synthetic_root), tmp_path / "killed")
+    assert resumed["status"] == "ok"
+    for key in ("train_loss", "test_acc", "val_acc", "fgsm_acc", "pgd_acc", "clean_acc"):
+        assert resumed["metrics"][key] == unbroken["metrics"][key], key
+    assert resumed["steps"] == unbroken["steps"]
+    assert (tmp_path / "killed" / "model.pt").is_file()

@@ -1,0 +1,107 @@
+"""Sweeps: presets compose, lines set regime + momentum, sweeps resume, report reads them."""
+
+import json
+import os
+import subprocess
+import sys
+from importlib import resources
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_module
+
+from robusthp.config import settings_from_config
+from robusthp.run import job_dir, sweep_name
+
+CONF = resources.files("robusthp.conf")
+EXPERIMENTS = sorted(p.name[:-5] for p in CONF.joinpath("experiment").iterdir() if p.name.endswith(".yaml"))
+LINES = sorted(p.name[:-5] for p in CONF.joinpath("line").iterdir() if p.name.endswith(".yaml"))
+
+
+def _compose(overrides):
+    with initialize_config_module("robusthp.conf", version_base="1.3"):
+        return compose("config", overrides=overrides, return_hydra_config=False)
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_preset_composes_into_settings(experiment):
+    cfg = _compose([f"experiment={experiment}"])
+    settings = settings_from_config(cfg)
+    assert settings.train.epochs >= 1
+
+
+@pytest.mark.parametrize("experiment", [e for e in EXPERIMENTS if e.startswith("paper_")])
+def test_paper_presets_sweep_the_papers_grid_without_duplicate_benchmark_runs(experiment):
+    with initialize_config_module("robusthp.conf", version_base="1.3"):
+        cfg = compose("config", overrides=[f"experiment={experiment}"], return_hydra_config=True)
+    params = cfg.hydra.sweeper.params
+    lines = params.line.split(",")
+    assert sorted(lines) == LINES and len(set(lines)) == len(lines) == 9
+    sizes = [int(b) for b in str(params.batch_size).split(",")]
+    if experiment == "paper_reduced_cpu":
+        assert len(sizes) >= 3 and all(b & (b - 1) == 0 for b in sizes)
+    else:
+        assert sizes == [2**k for k in range(5, 13)] and cfg.epochs == 100
+
+
+@pytest.mark.parametrize("line", LINES)
+def test_each_line_sets_its_regime_and_momentum(line):
+    sgd = settings_from_config(_compose([f"line={line}", "batch_size=128"])).sgd
+    if line == "benchmark":
+        assert (sgd.regime, sgd.momentum, sgd.halve_every_epochs) == ("benchmark", 0.9, 5)
+    else:
+        regime, momentum = line.rsplit("_m", 1)
+        assert (sgd.regime, sgd.momentum) == (regime, float(momentum))
+
+
+def test_sweep_and_job_names_are_stable_and_readable():
+    assert sweep_name(["momentum=0,0.9", "batch_size=32,64"]) == sweep_name(["batch_size=32,64", "momentum=0,0.9"])
+    assert sweep_name(["experiment=paper_mnist_m1"]) == "paper_mnist_m1"
+    assert sweep_name(["experiment=paper_mnist_m1", "trainer.threads=1"]) == "paper_mnist_m1"
+    assert sweep_name([]) == "default" and job_dir("") == "default"
+    long = sweep_name([f"data.root=/{'x' * 300}"])
+    assert len(long) <= 120 and long != sweep_name([f"data.root=/{'y' * 300}"])
+
+
+FAST = ["eval=none", "epochs=1", "data.val_size=50", "trainer.progress_bar=false"]
+
+
+def _sweep(args, root, cwd):
+    env = dict(os.environ, ROBUSTHP_DATA_DIR=str(root))
+    cmd = [sys.executable, "-m", "robusthp.run", "-m", *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=cwd, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def _results(cwd):
+    return {p.parent.name: json.loads(p.read_text()) for p in Path(cwd).rglob("results.json")}
+
+
+def test_tiny_sweep_resumes_and_reports(synthetic_root, tmp_path):
+    args = [*FAST, "batch_size=32,64", "line=lr_m0,lr_bs_m0.5"]
+    _sweep(args, synthetic_root, tmp_path)
+    first = _results(tmp_path)
+    prefix = "data.val_size=50,epochs=1,eval=none,"  # each cell's dir names its own overrides
+    cells = sorted(f"batch_size={b},{prefix}line={line}" for b in (32, 64) for line in ("lr_m0", "lr_bs_m0.5"))
+    assert sorted(first) == cells
+    assert {r["status"] for r in first.values()} == {"ok"}
+    sweep_dir = next(tmp_path.glob("outputs/sweeps/*"))
+
+    victim_name = f"batch_size=64,{prefix}line=lr_m0"
+    victim = sweep_dir / victim_name / "results.json"
+    victim.unlink()
+    _sweep(args, synthetic_root, tmp_path)  # the same command again
+    second = _results(tmp_path)
+    assert sorted(second) == sorted(first)
+    for name, record in second.items():
+        same = record["wall_time_s"] == first[name]["wall_time_s"]
+        assert same == (name != victim_name), name  # only the deleted run trained again
+
+    out = tmp_path / "report"
+    proc = subprocess.run([sys.executable, "-m", "robusthp.report", str(sweep_dir), "--out", str(out), "--quiet"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    rows = (out / "results.csv").read_text().strip().splitlines()
+    assert len(rows) == 1 + 4
+    assert (out / "mnist_m1.png").stat().st_size > 0 and (out / "mnist_m1_lr_momentum.png").exists()
