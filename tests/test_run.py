@@ -23,7 +23,8 @@ def run(args, root, tmp_path, check=True):
 
 
 def test_one_epoch_run_writes_complete_results(synthetic_root, tmp_path):
-    run([*FAST, "model=stdcnn", "regime=lr_bs", "momentum=0.5", "seed=3"], synthetic_root, tmp_path)
+    run([*FAST, "eval.validate=true", "model=stdcnn", "regime=lr_bs", "momentum=0.5", "seed=3"],
+        synthetic_root, tmp_path)
     res = json.loads((tmp_path / "run" / "results.json").read_text())
     assert res["status"] == "ok" and res["error"] is None
     assert res["cell"] == {
@@ -45,6 +46,7 @@ def test_same_seed_same_numbers(synthetic_root, tmp_path):
     run([*FAST, "seed=1"], synthetic_root, b)
     ra, rb = (json.loads((d / "run" / "results.json").read_text())["metrics"] for d in (a, b))
     assert ra["train_loss"] == rb["train_loss"] and ra["test_acc"] == rb["test_acc"]
+    assert ra["val_acc"] is None  # eval=none: clean test accuracy only, no per-epoch validation
 
 
 def test_two_job_multirun(synthetic_root, tmp_path):

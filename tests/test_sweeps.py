@@ -105,3 +105,17 @@ def test_tiny_sweep_resumes_and_reports(synthetic_root, tmp_path):
     rows = (out / "results.csv").read_text().strip().splitlines()
     assert len(rows) == 1 + 4
     assert (out / "mnist_m1.png").stat().st_size > 0 and (out / "mnist_m1_lr_momentum.png").exists()
+
+
+def test_parallel_launcher_gives_the_sequential_numbers(synthetic_root, tmp_path):
+    """hydra/launcher=parallel (one-thread joblib workers) vs the default in-process launcher
+    (torch's default threads): same seed, same numbers."""
+    args = [*FAST, "model=stdcnn", "batch_size=32", "momentum=0,0.9", "seed=4"]
+    _sweep([*args, "hydra/launcher=parallel", f"hydra.sweep.dir={tmp_path}/par"], synthetic_root, tmp_path)
+    _sweep([*args, f"hydra.sweep.dir={tmp_path}/seq"], synthetic_root, tmp_path)
+    par, seq = _results(tmp_path / "par"), _results(tmp_path / "seq")
+    assert sorted(par) == sorted(seq) and len(par) == 2
+    for name in par:
+        assert par[name]["env"]["threads"] == 1
+        for key in ("train_loss", "train_acc", "test_acc"):
+            assert par[name]["metrics"][key] == seq[name]["metrics"][key], (name, key)

@@ -80,7 +80,6 @@ def _settings(cfg: DictConfig) -> RunSettings:
         val_size=_opt_int(d.val_size, "data.val_size", 0), split_seed=_int(d.split_seed, "data.split_seed"),
         shuffle_seed=_int(cfg.seed, "seed"), train_subset=_opt_int(d.train_subset, "data.train_subset"),
         test_subset=_opt_int(d.test_subset, "data.test_subset"), download=bool(d.download),
-        channels_last=bool(t.channels_last),
         steps_per_call=_int(t.get("steps_per_call", 8), "trainer.steps_per_call", 1),
     )
     train = TrainSettings(
@@ -88,6 +87,8 @@ def _settings(cfg: DictConfig) -> RunSettings:
         accelerator=str(t.accelerator), devices=devices, precision=str(t.precision),
         progress_bar=bool(t.progress_bar), check_every=_int(t.check_every, "trainer.check_every", 1),
         threads=_opt_int(t.threads, "trainer.threads"),
+        channels_last=_channels_last(t.get("channels_last", "auto")),
+        validate=bool(cfg.eval.get("validate", True)),
     )
     return RunSettings(
         data=data, model=str(cfg.model.name), sgd=sgd, train=train,
@@ -95,6 +96,14 @@ def _settings(cfg: DictConfig) -> RunSettings:
         hessian=_hessian(cfg.eval.get("hessian")),
         model_kwargs=_kwargs(cfg.model.get("kwargs")),
     )
+
+
+def _channels_last(value: Any) -> bool | None:
+    if value in ("auto", None):
+        return None
+    if isinstance(value, bool):
+        return value
+    raise ConfigError(f"trainer.channels_last must be auto, true or false, got {value!r}")
 
 
 def _kwargs(node: DictConfig | None) -> dict[str, Any]:

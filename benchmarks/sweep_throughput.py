@@ -1,0 +1,180 @@
+"""Sweep throughput: robusthp's multirun path vs the best plain-PyTorch layout on this machine.
+
+For each sweep (StdCNN at batch 32; M1 at batch 32 and 1024), four cells (momentum 0, 0.2,
+0.5, 0.9, fixed lr 0.01), one epoch of the 55k MNIST training split each:
+
+(a) plain PyTorch, the best layout measured here (../shared/STACK.md): one process per
+    core, one thread each, channels_last, batches sliced from in-memory uint8 tensors;
+(b) robusthp: ``python -m robusthp.run -m hydra/launcher=parallel ... epochs=1 eval=none``,
+    the README's CPU-parallel switch (validation each epoch included, as in every run).
+
+Aggregate samples/s = training samples of all cells / (last cell's training end - first
+cell's training start): start-up (imports, data decoding) is outside the window for both;
+(b)'s wall time with start-up is printed too. Also: the machine's fp32 matmul peak (one
+``torch.mm`` per core, all cores at once) and the fraction of it each layout reaches,
+from the training FLOPs per sample (``FlopCounterMode``, forward + backward).
+
+    python benchmarks/sweep_throughput.py [--sweeps stdcnn:32,m1:32,m1:1024]
+
+Data: real MNIST under $ROBUSTHP_DATA_DIR or ../shared/datasets, else random images of
+the same size written in the MNIST idx format to a temporary folder (same arithmetic).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+MOMENTA = (0.0, 0.2, 0.5, 0.9)
+TRAIN_SIZE = 55_000  # the paper's MNIST training split
+
+_PLAIN_WORKER = r"""
+import json, sys, time
+import torch, torch.nn.functional as F
+from robusthp.data import DataSettings, ImageDataModule, get_spec
+from robusthp.models import build_model
+from robusthp.optim import build_optimizer, resolve_sgd
+root, model_name, batch_size, momenta = sys.argv[1], sys.argv[2], int(sys.argv[3]), json.loads(sys.argv[4])
+dm = ImageDataModule(DataSettings(dataset="mnist", root=root, batch_size=batch_size, download=False,
+                                  channels_last=True))
+dm.setup()
+spec = get_spec("mnist")
+out = []
+for momentum in momenta:
+    torch.manual_seed(0)
+    model = build_model(model_name, in_channels=1, num_classes=10, image_size=28, mean=spec.mean,
+                        std=spec.std).to(memory_format=torch.channels_last)
+    optimizer, _ = build_optimizer(model.parameters(), resolve_sgd("lr", batch_size, momentum))
+    loader = dm.train_dataloader().batches  # the shuffled (x, y) batches runs train on
+    model.train()
+    start, n = time.time(), 0
+    for x, y in loader:
+        loss = F.cross_entropy(model(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        n += len(y)
+    out.append({"start": start, "end": time.time(), "samples": n})
+print(json.dumps(out))
+"""
+
+
+def data_root(tmp: Path) -> Path:
+    for root in (os.environ.get("ROBUSTHP_DATA_DIR"), REPO.parent / "shared" / "datasets"):
+        if root and (Path(root) / "MNIST" / "raw" / "train-images-idx3-ubyte").is_file():
+            return Path(root)
+    import numpy as np
+
+    raw = tmp / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", 60_000), ("t10k", 10_000)):
+        images = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
+        labels = rng.integers(0, 10, n, dtype=np.uint8)
+        (raw / f"{prefix}-images-idx3-ubyte").write_bytes(struct.pack(">IIII", 0x803, n, 28, 28) + images.tobytes())
+        (raw / f"{prefix}-labels-idx1-ubyte").write_bytes(struct.pack(">II", 0x801, n) + labels.tobytes())
+    return tmp
+
+
+def cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def one_thread_env() -> dict[str, str]:
+    return dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
+
+
+def plain_layout(root: Path, model: str, batch_size: int) -> tuple[float, float]:
+    """(a): one one-thread process per core, cells split between them; (samples/s, window s)."""
+    n = min(cores(), len(MOMENTA))
+    shares = [list(MOMENTA[i::n]) for i in range(n)]
+    procs = [
+        subprocess.Popen([sys.executable, "-c", _PLAIN_WORKER, str(root), model, str(batch_size), json.dumps(s)],
+                         stdout=subprocess.PIPE, text=True, env=one_thread_env())
+        for s in shares
+    ]
+    cells = [c for p in procs for c in json.loads(p.communicate()[0])]
+    window = max(c["end"] for c in cells) - min(c["start"] for c in cells)
+    return sum(c["samples"] for c in cells) / window, window
+
+
+def robusthp_layout(root: Path, model: str, batch_size: int, out: Path) -> tuple[float, float, float]:
+    """(b): the multirun path; (samples/s in the training window, window s, wall s with start-up)."""
+    cmd = [sys.executable, "-m", "robusthp.run", "-m", "hydra/launcher=parallel", "dataset=mnist",
+           f"model={model}", "regime=lr", f"batch_size={batch_size}",
+           "momentum=" + ",".join(f"{m:g}" for m in MOMENTA), "epochs=1", "eval=none",
+           "trainer.progress_bar=false", f"hydra.sweep.dir={out}", f"data.root={root}", "data.download=false"]
+    t0 = time.time()
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    wall = time.time() - t0
+    if proc.returncode != 0:
+        raise RuntimeError(proc.stderr[-2000:])
+    records = [json.loads(p.read_text()) for p in out.rglob("results.json")]
+    assert len(records) == len(MOMENTA) and all(r["status"] == "ok" for r in records), records
+    start = min(r["timestamps"]["train_start"] for r in records)
+    end = max(r["timestamps"]["train_end"] for r in records)
+    samples = sum(r["data_sizes"]["train"] for r in records)
+    return samples / (end - start), end - start, wall
+
+
+def matmul_peak(size: int = 1024, seconds: float = 3.0) -> float:
+    """fp32 GFLOP/s of the whole machine: one single-thread torch.mm loop per core, at once."""
+    code = (
+        "import time, torch; torch.set_num_threads(1); a = torch.randn(%d, %d); b = torch.randn(%d, %d)\n"
+        "for _ in range(3): a @ b\n"
+        "n, t0 = 0, time.perf_counter()\n"
+        "while time.perf_counter() - t0 < %f: a @ b; n += 1\n"
+        "print(2 * %d ** 3 * n / (time.perf_counter() - t0) / 1e9)"
+    ) % (size, size, size, size, seconds, size)
+    procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env=one_thread_env())
+             for _ in range(cores())]
+    return sum(float(p.communicate()[0]) for p in procs)
+
+
+def train_flops_per_sample(model_name: str) -> float:
+    import torch
+    import torch.nn.functional as F
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from robusthp.models import build_model
+
+    model = build_model(model_name, in_channels=1, num_classes=10, image_size=28, mean=(0.13,), std=(0.31,))
+    x, y = torch.rand(16, 1, 28, 28), torch.randint(0, 10, (16,))
+    with FlopCounterMode(display=False) as counter:
+        F.cross_entropy(model(x), y).backward()
+    return counter.get_total_flops() / 16
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sweeps", default="stdcnn:32,m1:32,m1:1024", help="model:batch_size,...")
+    args = parser.parse_args()
+    import torch
+
+    peak = matmul_peak()
+    print(f"torch {torch.__version__}; {cores()} cores; fp32 matmul peak {peak:.0f} GFLOP/s "
+          f"(one 1-thread torch.mm per core); 4 cells x one epoch of {TRAIN_SIZE} MNIST images each")
+    print(f"{'sweep':14} {'(a) plain/s':>12} {'(b) robusthp/s':>15} {'(b)/(a)':>8} "
+          f"{'(a) %peak':>10} {'(b) %peak':>10} {'(b) wall s':>11}")
+    with tempfile.TemporaryDirectory() as tmp:
+        root = data_root(Path(tmp) / "data")
+        for spec in args.sweeps.split(","):
+            model, batch_size = spec.split(":")
+            flops = train_flops_per_sample(model)
+            a, _ = plain_layout(root, model, int(batch_size))
+            b, _, wall = robusthp_layout(root, model, int(batch_size), Path(tmp) / f"sweep-{model}-{batch_size}")
+            print(f"{model + ' bs ' + batch_size:14} {a:>12.0f} {b:>15.0f} {b / a:>8.3f} "
+                  f"{100 * a * flops / 1e9 / peak:>9.1f}% {100 * b * flops / 1e9 / peak:>9.1f}% {wall:>11.1f}",
+                  flush=True)
+
+
+if __name__ == "__main__":
+    main()
