@@ -21,11 +21,10 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from robusthp.callbacks._lightning import callback_bases
-from robusthp.config import ConfigError, settings_from_config
-from robusthp.experiment import run_experiment
 from robusthp.results import RESULTS_FILE, is_complete, read_results
-from robusthp.summary import print_record
+
+# torch, Lightning and torchvision (~8 s to import here) load inside _main, in the process
+# that trains: a parallel sweep's launcher process never pays for them, nor does a skipped run.
 
 log = logging.getLogger(__name__)
 GROUPS = ("dataset", "model", "regime", "eval", "line", "experiment")
@@ -78,6 +77,8 @@ def check_group_choices(argv: list[str]) -> None:
 def route_lightning_logs_to_hydra() -> None:
     """Lightning prints through its own handlers; send its records to Hydra's instead, so
     each line shows once on the console and lands in the run's log file."""
+    from robusthp.callbacks._lightning import callback_bases
+
     callback_bases()  # imports every installed Lightning namespace now: each adds its handler
     for name in ("lightning", "lightning.pytorch", "pytorch_lightning", "lightning.fabric", "lightning_fabric"):
         logger = logging.getLogger(name)
@@ -88,16 +89,20 @@ def route_lightning_logs_to_hydra() -> None:
 
 @hydra.main(config_path="pkg://robusthp.conf", config_name="config", version_base="1.3")
 def _main(cfg: DictConfig) -> dict | None:
-    route_lightning_logs_to_hydra()
-    try:
-        settings = settings_from_config(cfg)
-    except ConfigError as err:
-        _fail(str(err))
     out_dir = HydraConfig.get().runtime.output_dir
     if cfg.get("resume", True) and is_complete(out_dir):
         record = read_results(Path(out_dir) / RESULTS_FILE)
         log.info("skipping %s: finished before (%s)", out_dir, record["status"])
         return record
+    from robusthp.config import ConfigError, settings_from_config
+    from robusthp.experiment import run_experiment
+    from robusthp.summary import print_record
+
+    route_lightning_logs_to_hydra()
+    try:
+        settings = settings_from_config(cfg)
+    except ConfigError as err:
+        _fail(str(err))
     record = run_experiment(settings, out_dir, config=OmegaConf.to_container(cfg, resolve=True))
     if record["status"] != "failed":
         print_record(record, out_dir)
