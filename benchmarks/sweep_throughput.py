@@ -128,12 +128,12 @@ def robusthp_layout(root: Path, model: str, batch_size: int, out: Path) -> tuple
 def matmul_peak(size: int = 1024, seconds: float = 3.0) -> float:
     """fp32 GFLOP/s of the whole machine: one single-thread torch.mm loop per core, at once."""
     code = (
-        "import time, torch; torch.set_num_threads(1); a = torch.randn(%d, %d); b = torch.randn(%d, %d)\n"
+        f"import time, torch; torch.set_num_threads(1); a = torch.randn({size}, {size}); b = torch.randn({size}, {size})\n"
         "for _ in range(3): a @ b\n"
         "n, t0 = 0, time.perf_counter()\n"
-        "while time.perf_counter() - t0 < %f: a @ b; n += 1\n"
-        "print(2 * %d ** 3 * n / (time.perf_counter() - t0) / 1e9)"
-    ) % (size, size, size, size, seconds, size)
+        f"while time.perf_counter() - t0 < {seconds}: a @ b; n += 1\n"
+        f"print(2 * {size} ** 3 * n / (time.perf_counter() - t0) / 1e9)"
+    )
     procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env=one_thread_env())
              for _ in range(cores())]
     return sum(float(p.communicate()[0]) for p in procs)

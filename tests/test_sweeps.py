@@ -119,3 +119,20 @@ def test_parallel_launcher_gives_the_sequential_numbers(synthetic_root, tmp_path
         assert par[name]["env"]["threads"] == 1
         for key in ("train_loss", "train_acc", "test_acc"):
             assert par[name]["metrics"][key] == seq[name]["metrics"][key], (name, key)
+
+
+@pytest.mark.parametrize("launcher,target", [
+    ("parallel", "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"),
+    ("joblib", "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"),
+    ("slurm", "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"),
+])
+def test_launcher_configs_compose(launcher, target):
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher" if launcher == "slurm" else "hydra_plugins.hydra_joblib_launcher")
+    with initialize_config_module("robusthp.conf", version_base="1.3"):
+        cfg = compose("config", overrides=[f"hydra/launcher={launcher}", "experiment=paper_cifar10_resnet18"],
+                      return_hydra_config=True)
+    assert cfg.hydra.launcher._target_ == target
+    if launcher == "parallel":
+        assert cfg.hydra.launcher.n_jobs == -1
+    if launcher == "slurm":
+        assert cfg.hydra.launcher.tasks_per_node == 1 and cfg.hydra.launcher.gpus_per_node == 1

@@ -43,6 +43,7 @@ class _NoAdverts(logging.Filter):
 for _name in ("pytorch_lightning.utilities.rank_zero", "lightning.pytorch.utilities.rank_zero"):
     logging.getLogger(_name).addFilter(_NoAdverts())
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+warnings.filterwarnings("ignore", message=r".*smaller than the logging interval.*")  # we log per epoch
 
 
 @dataclass(frozen=True)

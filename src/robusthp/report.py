@@ -90,6 +90,7 @@ PANELS = (
     Panel("hessian_top_eig", "Top Hessian eigenvalue", "top eigenvalue"),
 )
 SPREADS = ("minmax", "std")
+MIN_ACC_SPAN = 0.05  # smallest y-range of an accuracy panel
 
 
 # ---------------------------------------------------------------------------- reading
@@ -404,6 +405,11 @@ def _decorate(ax, panel: Panel, batch_sizes: list[int], summary: pd.DataFrame,
         ax.set_yscale("log")
         ylabel += " (log scale)"
     ax.set_ylabel(ylabel)
+    if panel.metric.endswith("_acc"):  # do not blow differences of a few test points up
+        lo, hi = ax.get_ylim()
+        if hi - lo < MIN_ACC_SPAN:
+            lo = max(min(lo, 1 - MIN_ACC_SPAN), -0.005)
+            ax.set_ylim(lo, lo + MIN_ACC_SPAN)
     ax.grid(True, which="major", alpha=0.3)
     ax.tick_params(labelsize=8)
     if has_diverged:  # leave room under the data for the diverged markers
