@@ -1,6 +1,7 @@
 # Two commands do all the set-up on a fresh machine:
 #   make run    train + evaluate a small default experiment (~1 min on 2 CPU cores), print results
 #   make test   the fast CPU test suite
+#   make reduced  the paper's sweep at CPU scale, with its report
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -8,7 +9,7 @@ PY := $(VENV)/bin/python
 ROBUSTHP_DATA_DIR ?= $(if $(wildcard ../shared/datasets),$(abspath ../shared/datasets),$(abspath data))
 export ROBUSTHP_DATA_DIR
 
-.PHONY: run test test-all bench lint clean
+.PHONY: run reduced test test-all bench lint clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -18,6 +19,11 @@ $(VENV)/.installed: pyproject.toml
 
 run: $(VENV)/.installed
 	$(PY) -m robusthp.run experiment=quick
+
+# the paper's sweep at CPU scale (27 runs, ~10 min on 2 cores), then its table and figures
+reduced: $(VENV)/.installed
+	$(PY) -m robusthp.run -m experiment=paper_reduced_cpu hydra/launcher=parallel
+	$(PY) -m robusthp.report outputs/sweeps/paper_reduced_cpu
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q
@@ -29,9 +35,10 @@ bench: $(VENV)/.installed
 	$(PY) benchmarks/train_throughput.py
 	$(PY) benchmarks/attacks.py
 	$(PY) benchmarks/hessian.py
+	$(PY) benchmarks/sweep_throughput.py
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check src tests benchmarks
 
 clean:
-	rm -rf $(VENV) outputs/runs outputs/multirun
+	rm -rf $(VENV) outputs/runs outputs/sweeps

@@ -117,3 +117,20 @@ def test_each_evaluation_can_be_switched_off(synthetic_root, tmp_path, off, abse
     run([*FAST, *small_eval, off], synthetic_root, tmp_path)
     metrics = json.loads((tmp_path / "run" / "results.json").read_text())["metrics"]
     assert absent not in metrics and present in metrics
+
+
+def test_ddp_on_two_cpu_processes_keeps_the_global_batch(synthetic_root, tmp_path):
+    """trainer.devices=2 (Lightning DDP, gloo): each process takes half of every global batch
+    of 32, so an epoch is the same ceil(250 / 32) SGD steps as on one device."""
+    run([*FAST, "trainer.devices=2", "trainer.accelerator=cpu"], synthetic_root, tmp_path)
+    results = list((tmp_path / "run").rglob("results.json"))
+    assert len(results) == 1  # written by rank zero only
+    res = json.loads(results[0].read_text())
+    assert res["status"] == "ok" and res["steps"] == -(-250 // 32) and res["cell"]["batch_size"] == 32
+
+
+def test_batch_size_must_divide_across_devices(synthetic_root, tmp_path):
+    proc = run([*FAST, "batch_size=33", "trainer.devices=2"], synthetic_root, tmp_path, check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == ("robusthp: error: batch_size 33 does not divide across trainer.devices=2; "
+                                   "the global batch size must be a multiple of the number of devices")

@@ -237,8 +237,10 @@ def run_experiment(settings: RunSettings, out_dir: str | Path, config: dict | No
     record["wall_time_s"] = time.perf_counter() - started
     record["timings_s"]["total"] = record["wall_time_s"]
     record["env"] = _env(trainer)
+    record["rank"] = trainer.global_rank if trainer is not None else 0
     record["metrics"] = {k: _finite_or_none(v) for k, v in record["metrics"].items()}
-    write_json_atomic(out_dir / RESULTS_FILE, record)
+    if trainer is None or trainer.is_global_zero:  # under DDP every rank runs this function
+        write_json_atomic(out_dir / RESULTS_FILE, record)
     return record
 
 

@@ -104,7 +104,7 @@ def _main(cfg: DictConfig) -> dict | None:
     except ConfigError as err:
         _fail(str(err))
     record = run_experiment(settings, out_dir, config=OmegaConf.to_container(cfg, resolve=True))
-    if record["status"] != "failed":
+    if record["status"] != "failed" and record.get("rank", 0) == 0:
         print_record(record, out_dir)
     elif HydraConfig.get().mode != RunMode.MULTIRUN:
         _fail(f"{record['error']} (details: {out_dir}/error.log)", code=1)
