@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import importlib
 import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -19,6 +19,12 @@ import torch
 log = logging.getLogger(__name__)
 
 _NAMESPACES = ("pytorch_lightning", "lightning.pytorch")
+
+# When a robusthp callback may run (its ``on=``), and the Lightning hook it runs in.
+# "fit_end" is on_train_end: the module is still on its device and gradients are on
+# (on_fit_end comes after the teardown moved it to the CPU). "test_end" is
+# on_test_epoch_end, under inference mode, which the callbacks turn off for themselves.
+STAGES = {"fit_end": "on_train_end", "test_end": "on_test_epoch_end"}
 
 
 def callback_bases() -> tuple[type, ...]:
@@ -90,3 +96,14 @@ def datamodule_loader(trainer: Any, names: tuple[str, ...]) -> Iterable[Any] | N
         if callable(fn):
             return fn()
     return None
+
+
+def rebatch(
+    batches: Sequence[tuple[torch.Tensor, torch.Tensor]], batch_size: int | None
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The same samples, in order, in batches of ``batch_size`` (None: as they are)."""
+    if batch_size is None:
+        return list(batches)
+    x = torch.cat([b[0] for b in batches])
+    y = torch.cat([b[1] for b in batches])
+    return list(zip(x.split(batch_size), y.split(batch_size), strict=True))

@@ -45,17 +45,18 @@ from robusthp.attacks import (
     robust_accuracy,
 )
 from robusthp.callbacks._lightning import (
+    STAGES,
     callback_bases,
     datamodule_loader,
     default_batch_to_xy,
     log_to_loggers,
+    rebatch,
     take_samples,
 )
 from robusthp.side_effects import gradients_on
 
 log = logging.getLogger(__name__)
 
-HOOKS = {"fit_end": "on_train_end", "test_end": "on_test_epoch_end"}
 LOG_PREFIX = "adv/"
 BatchToXY = Callable[[Any], tuple[Tensor, Tensor]]
 
@@ -87,8 +88,8 @@ class _AdversarialRobustnessLogic:
         self.pgd_steps, self.pgd_alpha, self.random_start = pgd_steps, pgd_alpha, bool(random_start)
         self.on = _as_names(on, "on")
         for hook in self.on:
-            if hook not in HOOKS:
-                raise ValueError(f"unknown hook {hook!r} in on=; valid: {', '.join(HOOKS)}")
+            if hook not in STAGES:
+                raise ValueError(f"unknown hook {hook!r} in on=; valid: {', '.join(STAGES)}")
         self.num_samples = _optional_positive_int(num_samples, "num_samples")
         self.batch_size = _optional_positive_int(batch_size, "batch_size")
         if batch_to_xy is not None and not callable(batch_to_xy):
@@ -144,7 +145,7 @@ class _AdversarialRobustnessLogic:
         start = time.perf_counter()
         with torch.random.fork_rng(devices=[]):  # a DataLoader draws its base seed globally
             batches = take_samples(loader, self.num_samples, self.batch_to_xy)
-        batches = _rebatch(batches, self.batch_size)
+        batches = rebatch(batches, self.batch_size)
         attack_fns = self._attack_fns(_device_of(model, device))
         with _progress_bar(self.progress, "adversarial eval") as progress:
             accs = robust_accuracy(model, batches, attack_fns, device=device, progress=progress)
@@ -237,14 +238,6 @@ def _first_loader(loaders: Any) -> Iterable[Any] | None:
     if isinstance(loaders, Mapping):
         return next(iter(loaders.values()), None)
     return loaders
-
-
-def _rebatch(batches: list[tuple[Tensor, Tensor]], batch_size: int | None) -> list[tuple[Tensor, Tensor]]:
-    if batch_size is None:
-        return batches
-    x = torch.cat([b[0] for b in batches])
-    y = torch.cat([b[1] for b in batches])
-    return list(zip(x.split(batch_size), y.split(batch_size), strict=True))
 
 
 def _device_of(model: nn.Module, device: torch.device | str | None) -> torch.device:

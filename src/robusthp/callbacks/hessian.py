@@ -19,20 +19,18 @@ import numpy as np
 import torch
 
 from robusthp.callbacks._lightning import (
+    STAGES,
     callback_bases,
     datamodule_loader,
     default_batch_to_xy,
     log_to_loggers,
+    rebatch,
     take_samples,
 )
 from robusthp.hessian import HessianResult, backends, top_eigenvalues
 
 log = logging.getLogger(__name__)
 
-# "fit_end" runs in on_train_end: the module is still on its device and gradients are on
-# (on_fit_end comes after the teardown moved it to the CPU). "test_end" runs in
-# on_test_epoch_end, under inference mode, which robusthp.hessian turns off for itself.
-_STAGES = {"fit_end": "on_train_end", "test_end": "on_test_epoch_end"}
 _UNSTABLE_LOADER_WARNING = (
     "HessianEigenvalues: the datamodule has no eval_train_dataloader(); using "
     "train_dataloader(), whose shuffling or augmentation makes the Hessian's data subset "
@@ -55,12 +53,6 @@ def _global_rng_untouched() -> Iterator[None]:
     finally:
         random.setstate(py_state)
         np.random.set_state(np_state)
-
-
-def _rebatch(batches: Sequence[tuple[torch.Tensor, torch.Tensor]], batch_size: int):
-    x = torch.cat([b[0] for b in batches])
-    y = torch.cat([b[1] for b in batches])
-    return [(x[i : i + batch_size], y[i : i + batch_size]) for i in range(0, len(y), batch_size)]
 
 
 def _positive_int(name: str, value: Any, allow_none: bool = False) -> None:
@@ -137,10 +129,10 @@ class _HessianLogic:
         if not tol > 0:
             raise ValueError(f"HessianEigenvalues: tol must be > 0, got {tol!r}")
         stages = (on,) if isinstance(on, str) else tuple(on)
-        bad = [s for s in stages if s not in _STAGES]
+        bad = [s for s in stages if s not in STAGES]
         if bad or not stages:
             raise ValueError(
-                f"HessianEigenvalues: on={on!r} is not allowed; choose among {', '.join(_STAGES)}"
+                f"HessianEigenvalues: on={on!r} is not allowed; choose among {', '.join(STAGES)}"
             )
         if batch_to_xy is not None and not callable(batch_to_xy):
             raise TypeError("HessianEigenvalues: batch_to_xy must be callable(batch) -> (x, y)")
@@ -224,7 +216,7 @@ class _HessianLogic:
         with _global_rng_untouched():
             batches = take_samples(self._loader(trainer), self.num_samples, to_xy)
         if self.batch_size is not None:
-            batches = _rebatch(batches, self.batch_size)
+            batches = rebatch(batches, self.batch_size)
         return batches
 
     def _compute(self, pl_module: torch.nn.Module, batches) -> HessianResult:
