@@ -60,3 +60,4 @@ def test_killed_run_resumes_to_the_same_result(synthetic_root, tmp_path, monkeyp
         assert resumed["metrics"][key] == unbroken["metrics"][key], key
     assert resumed["steps"] == unbroken["steps"]
     assert (tmp_path / "killed" / "model.pt").is_file()
+    assert not (tmp_path / "killed" / "checkpoints" / "last.ckpt").exists()  # finished: removed

@@ -109,10 +109,11 @@ def test_tiny_sweep_resumes_and_reports(synthetic_root, tmp_path):
 
 def test_parallel_launcher_gives_the_sequential_numbers(synthetic_root, tmp_path):
     """hydra/launcher=parallel (one-thread joblib workers) vs the default in-process launcher
-    (torch's default threads): same seed, same numbers."""
-    args = [*FAST, "model=stdcnn", "batch_size=32", "momentum=0,0.9", "seed=4"]
+    at the same thread count: same seed, same numbers, bit for bit. (A different intra-op
+    thread count may split float reductions differently, so only equal counts compare.)"""
+    args = [*FAST, "model=m1", "batch_size=32", "momentum=0,0.9", "seed=4", "epochs=2"]
     _sweep([*args, "hydra/launcher=parallel", f"hydra.sweep.dir={tmp_path}/par"], synthetic_root, tmp_path)
-    _sweep([*args, f"hydra.sweep.dir={tmp_path}/seq"], synthetic_root, tmp_path)
+    _sweep([*args, "trainer.threads=1", f"hydra.sweep.dir={tmp_path}/seq"], synthetic_root, tmp_path)
     par, seq = _results(tmp_path / "par"), _results(tmp_path / "seq")
     assert sorted(par) == sorted(seq) and len(par) == 2
     for name in par:

@@ -241,6 +241,8 @@ def run_experiment(settings: RunSettings, out_dir: str | Path, config: dict | No
     record["metrics"] = {k: _finite_or_none(v) for k, v in record["metrics"].items()}
     if trainer is None or trainer.is_global_zero:  # under DDP every rank runs this function
         write_json_atomic(out_dir / RESULTS_FILE, record)
+        if record["status"] != "failed":  # finished: the resume checkpoint is no longer needed
+            (out_dir / "checkpoints" / "last.ckpt").unlink(missing_ok=True)  # (model.pt stays)
     return record
 
 
