@@ -80,14 +80,14 @@ def _settings(cfg: DictConfig) -> RunSettings:
         val_size=_opt_int(d.val_size, "data.val_size", 0), split_seed=_int(d.split_seed, "data.split_seed"),
         shuffle_seed=_int(cfg.seed, "seed"), train_subset=_opt_int(d.train_subset, "data.train_subset"),
         test_subset=_opt_int(d.test_subset, "data.test_subset"), download=bool(d.download),
-        steps_per_call=_int(t.get("steps_per_call", 8), "trainer.steps_per_call", 1),
+        steps_per_call=_int(t.steps_per_call, "trainer.steps_per_call", 1),
     )
     train = TrainSettings(
         epochs=_int(cfg.epochs, "epochs", minimum=1), seed=_int(cfg.seed, "seed"),
         accelerator=str(t.accelerator), devices=devices, precision=str(t.precision),
         progress_bar=bool(t.progress_bar), check_every=_int(t.check_every, "trainer.check_every", 1),
         threads=_opt_int(t.threads, "trainer.threads"),
-        channels_last=_channels_last(t.get("channels_last", "auto")),
+        channels_last=_channels_last(t.channels_last),
         validate=bool(cfg.eval.get("validate", True)),
     )
     return RunSettings(
