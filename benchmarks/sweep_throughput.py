@@ -1,17 +1,21 @@
 """Sweep throughput: robusthp's multirun path vs the best plain-PyTorch layout on this machine.
 
 For each sweep (StdCNN at batch 32; M1 at batch 32 and 1024), four cells (momentum 0, 0.2,
-0.5, 0.9, fixed lr 0.01), one epoch of the 55k MNIST training split each:
+0.5, 0.9, fixed lr 0.01), one epoch of the 55k MNIST training split each. A cell is what
+``eval=none`` does: train, then record clean accuracy on the 10k test set.
 
 (a) plain PyTorch, the best layout measured here (../shared/STACK.md): one process per
     core, one thread each, channels_last, batches sliced from in-memory uint8 tensors;
+    each cell trains, then evaluates the test set (eval mode, inference_mode, batches of 1000);
 (b) robusthp: ``python -m robusthp.run -m hydra/launcher=parallel ... epochs=1 eval=none``,
-    the README's CPU-parallel switch (validation each epoch included, as in every run).
+    the README's CPU-parallel switch.
 
-Aggregate samples/s = training samples of all cells / (last cell's training end - first
-cell's training start): start-up (imports, data decoding) is outside the window for both;
-(b)'s wall time with start-up is printed too. Also: the machine's fp32 matmul peak (one
-``torch.mm`` per core, all cores at once) and the fraction of it each layout reaches,
+Aggregate samples/s = training samples of all cells / (last cell's end - first cell's
+training start), the same work in both: start-up (imports, data decoding) is outside the
+window, each cell's test evaluation inside it. "train-only" rates count the training phases
+alone (the sum of the cells' training times over the number of workers), for where the rest
+goes. (b)'s wall time with start-up is printed too. Also: the machine's fp32 matmul peak
+(one ``torch.mm`` per core, all cores at once) and the fraction of it each layout reaches,
 from the training FLOPs per sample (``FlopCounterMode``, forward + backward).
 
     python benchmarks/sweep_throughput.py [--sweeps stdcnn:32,m1:32,m1:1024]
@@ -25,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import struct
 import subprocess
 import sys
@@ -62,7 +67,15 @@ for momentum in momenta:
         loss.backward()
         optimizer.step()
         n += len(y)
-    out.append({"start": start, "end": time.time(), "samples": n})
+    train_end = time.time()
+    model.eval()
+    correct = tested = 0
+    with torch.inference_mode():
+        for x, y in dm.test_dataloader():
+            correct += int((model(x).argmax(1) == y).sum())
+            tested += len(y)
+    out.append({"start": start, "train_end": train_end, "end": time.time(), "samples": n,
+                "test_acc": correct / tested})
 print(json.dumps(out))
 """
 
@@ -93,7 +106,8 @@ def one_thread_env() -> dict[str, str]:
 
 
 def plain_layout(root: Path, model: str, batch_size: int) -> tuple[float, float]:
-    """(a): one one-thread process per core, cells split between them; (samples/s, window s)."""
+    """(a): one one-thread process per core, cells split between them; (samples/s,
+    training-only samples/s)."""
     n = min(cores(), len(MOMENTA))
     shares = [list(MOMENTA[i::n]) for i in range(n)]
     procs = [
@@ -102,14 +116,14 @@ def plain_layout(root: Path, model: str, batch_size: int) -> tuple[float, float]
         for s in shares
     ]
     cells = [c for p in procs for c in json.loads(p.communicate()[0])]
+    samples = sum(c["samples"] for c in cells)
     window = max(c["end"] for c in cells) - min(c["start"] for c in cells)
-    return sum(c["samples"] for c in cells) / window, window
+    train_s = sum(c["train_end"] - c["start"] for c in cells)
+    return samples / window, samples / (train_s / n)
 
 
 def robusthp_layout(root: Path, model: str, batch_size: int, out: Path) -> tuple[float, float, float]:
-    """(b): the multirun path; (samples/s in the training window, samples/s of the training
-    phases alone, wall s with start-up). The second leaves out what each cell does besides
-    training (building, the clean test evaluation, writing results): where the rest goes."""
+    """(b): the multirun path; (samples/s, training-only samples/s, wall s with start-up)."""
     cmd = [sys.executable, "-m", "robusthp.run", "-m", "hydra/launcher=parallel", "dataset=mnist",
            f"model={model}", "regime=lr", f"batch_size={batch_size}",
            "momentum=" + ",".join(f"{m:g}" for m in MOMENTA), "epochs=1", "eval=none",
@@ -122,7 +136,7 @@ def robusthp_layout(root: Path, model: str, batch_size: int, out: Path) -> tuple
     records = [json.loads(p.read_text()) for p in out.rglob("results.json")]
     assert len(records) == len(MOMENTA) and all(r["status"] == "ok" for r in records), records
     start = min(r["timestamps"]["train_start"] for r in records)
-    end = max(r["timestamps"]["train_end"] for r in records)
+    end = max(r["timestamps"]["end"] for r in records)
     samples = sum(r["data_sizes"]["train"] for r in records)
     workers = min(cores(), len(MOMENTA))
     train_only = samples / (sum(r["timings_s"]["train"] for r in records) / workers)
@@ -160,24 +174,36 @@ def train_flops_per_sample(model_name: str) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sweeps", default="stdcnn:32,m1:32,m1:1024", help="model:batch_size,...")
+    parser.add_argument("--rounds", type=int, default=3, help="(a), (b) alternated this many times")
     args = parser.parse_args()
     import torch
 
     peak = matmul_peak()
     print(f"torch {torch.__version__}; {cores()} cores; fp32 matmul peak {peak:.0f} GFLOP/s "
-          f"(one 1-thread torch.mm per core); 4 cells x one epoch of {TRAIN_SIZE} MNIST images each")
+          f"(one 1-thread torch.mm per core); 4 cells x one epoch of {TRAIN_SIZE} MNIST images each; "
+          f"(a) and (b) alternated {args.rounds}x: samples/s are medians, ratios medians of the "
+          f"per-round ratios")
     print(f"{'sweep':14} {'(a) plain/s':>12} {'(b) robusthp/s':>15} {'(b)/(a)':>8} "
-          f"{'(a) %peak':>10} {'(b) %peak':>10} {'(b) wall s':>11} {'(b) train-only/s':>17}")
+          f"{'(a) %peak':>10} {'(b) %peak':>10} {'train-only (a)/s':>17} {'(b)/s':>6} {'(b)/(a)':>8} "
+          f"{'(b) wall s':>11}")
+    median = statistics.median
     with tempfile.TemporaryDirectory() as tmp:
         root = data_root(Path(tmp) / "data")
         for spec in args.sweeps.split(","):
             model, batch_size = spec.split(":")
             flops = train_flops_per_sample(model)
-            a, _ = plain_layout(root, model, int(batch_size))
-            b, train_only, wall = robusthp_layout(root, model, int(batch_size), Path(tmp) / f"sweep-{model}-{batch_size}")
-            print(f"{model + ' bs ' + batch_size:14} {a:>12.0f} {b:>15.0f} {b / a:>8.3f} "
-                  f"{100 * a * flops / 1e9 / peak:>9.1f}% {100 * b * flops / 1e9 / peak:>9.1f}% {wall:>11.1f} "
-                  f"{train_only:>17.0f}", flush=True)
+            rounds = []  # (a, a train-only, b, b train-only, b wall) per round
+            for r in range(args.rounds):
+                sweep_dir = Path(tmp) / f"sweep-{model}-{batch_size}-{r}"
+                rounds.append(plain_layout(root, model, int(batch_size))
+                              + robusthp_layout(root, model, int(batch_size), sweep_dir))
+            a, a_train, b, b_train, wall = (median(col) for col in zip(*rounds, strict=True))
+            ratio = median(r[2] / r[0] for r in rounds)
+            train_ratio = median(r[3] / r[1] for r in rounds)
+            print(f"{model + ' bs ' + batch_size:14} {a:>12.0f} {b:>15.0f} {ratio:>8.3f} "
+                  f"{100 * a * flops / 1e9 / peak:>9.1f}% {100 * b * flops / 1e9 / peak:>9.1f}% "
+                  f"{a_train:>17.0f} {b_train:>6.0f} {train_ratio:>8.3f} {wall:>11.1f}   "
+                  f"(per round (b)/(a): {', '.join(f'{r[2] / r[0]:.3f}' for r in rounds)})", flush=True)
 
 
 if __name__ == "__main__":

@@ -191,6 +191,32 @@ def test_input_gradient_flows(name):
     assert x.grad is not None and x.grad.abs().sum() > 0
 
 
+@pytest.mark.parametrize("name", sorted(MODELS))
+@pytest.mark.parametrize("train", [True, False])
+def test_in_place_relus_change_no_numbers(name, train, monkeypatch):
+    """The models' ReLUs run in place (a speed choice): logits, parameter gradients and the
+    input gradient equal those with every ReLU out of place, bit for bit, and the input
+    pixels are left as they were."""
+
+    def run():
+        model = make(name).train(train)
+        x = pixels(DATASET[name], n=4).requires_grad_(True)
+        before = x.detach().clone()
+        torch.manual_seed(1)  # same dropout masks in both passes
+        logits = model(x)
+        nn.functional.cross_entropy(logits, torch.tensor([0, 1, 2, 3])).backward()
+        assert torch.equal(x.detach(), before)
+        return logits.detach(), x.grad, [p.grad for p in model.parameters()]
+
+    in_place = run()
+    relu = nn.functional.relu
+    monkeypatch.setattr(nn.functional, "relu", lambda t, inplace=False: relu(t))
+    out_of_place = run()
+    assert torch.equal(in_place[0], out_of_place[0])
+    assert torch.equal(in_place[1], out_of_place[1])
+    assert all(torch.equal(a, b) for a, b in zip(in_place[2], out_of_place[2], strict=True))
+
+
 def test_stdcnn_dropout_is_off_in_eval_mode():
     model = make("stdcnn")
     x = pixels(MNIST, n=8)

@@ -234,6 +234,7 @@ def run_experiment(settings: RunSettings, out_dir: str | Path, config: dict | No
         record["error"] = f"{type(err).__name__}: {err}".splitlines()[0][:500]
         (out_dir / "error.log").write_text(traceback.format_exc())
         log.error("run failed: %s (traceback in %s)", record["error"], out_dir / "error.log")
+    record.setdefault("timestamps", {})["end"] = time.time()  # evaluation done
     record["wall_time_s"] = time.perf_counter() - started
     record["timings_s"]["total"] = record["wall_time_s"]
     record["env"] = _env(trainer)

@@ -71,9 +71,9 @@ class C1(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.normalize(x)  # (N, C, 32, 32) on CIFAR-10
-        x = self.pool(self.bn1(F.relu(self.conv1(x))))  # (N, 64, 16, 16)
-        x = self.pool(self.bn2(F.relu(self.conv2(x))))  # (N, 64, 8, 8)
+        x = self.pool(self.bn1(F.relu(self.conv1(x), inplace=True)))  # (N, 64, 16, 16)
+        x = self.pool(self.bn2(F.relu(self.conv2(x), inplace=True)))  # (N, 64, 8, 8)
         x = x.flatten(1)  # (N, 64 * 8 * 8 = 4096)
-        x = F.relu(self.fc1(x))  # (N, 384)
-        x = F.relu(self.fc2(x))  # (N, 192)
+        x = F.relu(self.fc1(x), inplace=True)  # (N, 384)
+        x = F.relu(self.fc2(x), inplace=True)  # (N, 192)
         return self.fc3(x)  # (N, num_classes)

@@ -75,8 +75,8 @@ class M1(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.normalize(x)  # (N, C, S, S)
-        x = self.pool(F.relu(self.conv1(x)))  # (N, 20, 12, 12) on MNIST, pooled
-        x = self.pool(F.relu(self.conv2(x)))  # (N, 20, 4, 4)
+        x = self.pool(F.relu(self.conv1(x), inplace=True))  # (N, 20, 12, 12) on MNIST, pooled
+        x = self.pool(F.relu(self.conv2(x), inplace=True))  # (N, 20, 4, 4)
         x = x.flatten(1)  # (N, 20 * 4 * 4 = 320)
-        x = F.relu(self.fc1(x))  # (N, 500)
+        x = F.relu(self.fc1(x), inplace=True)  # (N, 500)
         return self.fc2(x)  # (N, num_classes)

@@ -45,9 +45,9 @@ class BasicBlock(nn.Module):
             )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.relu(self.bn1(self.conv1(x)))
+        out = F.relu(self.bn1(self.conv1(x)), inplace=True)
         out = self.bn2(self.conv2(out))
-        return F.relu(out + self.shortcut(x))
+        return F.relu(out + self.shortcut(x), inplace=True)
 
 
 class ResNet(nn.Module):
@@ -87,7 +87,7 @@ class ResNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.normalize(x)  # (N, C, 32, 32) on CIFAR-10
-        x = F.relu(self.bn1(self.conv1(x)))  # (N, 64, 32, 32)
+        x = F.relu(self.bn1(self.conv1(x)), inplace=True)  # (N, 64, 32, 32)
         x = self.layers(x)  # (N, 512, 4, 4)
         x = F.adaptive_avg_pool2d(x, 1).flatten(1)  # (N, 512)
         return self.fc(x)  # (N, num_classes)

@@ -67,10 +67,10 @@ class StdCNN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.normalize(x)  # (N, C, 28, 28) on MNIST
-        x = F.relu(self.conv1(x))  # (N, 10, 26, 26)
-        x = self.pool(F.relu(self.conv2(x)))  # (N, 10, 12, 12)
-        x = F.relu(self.conv3(x))  # (N, 20, 10, 10)
-        x = self.pool(F.relu(self.conv4(x)))  # (N, 20, 4, 4)
+        x = F.relu(self.conv1(x), inplace=True)  # (N, 10, 26, 26)
+        x = self.pool(F.relu(self.conv2(x), inplace=True))  # (N, 10, 12, 12)
+        x = F.relu(self.conv3(x), inplace=True)  # (N, 20, 10, 10)
+        x = self.pool(F.relu(self.conv4(x), inplace=True))  # (N, 20, 4, 4)
         x = x.flatten(1)  # (N, 20 * 4 * 4 = 320)
-        x = self.dropout(F.relu(self.fc1(x)))  # (N, 50)
+        x = self.dropout(F.relu(self.fc1(x), inplace=True))  # (N, 50)
         return self.fc2(x)  # (N, num_classes)
