@@ -107,17 +107,25 @@ def test_tiny_sweep_resumes_and_reports(synthetic_root, tmp_path):
     assert (out / "mnist_m1.png").stat().st_size > 0 and (out / "mnist_m1_lr_momentum.png").exists()
 
 
-def test_parallel_launcher_gives_the_sequential_numbers(synthetic_root, tmp_path):
-    """hydra/launcher=parallel (one-thread joblib workers) vs the default in-process launcher
+@pytest.mark.parametrize("launcher", [
+    ["hydra/launcher=parallel"],  # the README's one-word switch: one worker per core
+    ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"],  # Hydra's standard spelling
+], ids=["parallel", "joblib-n_jobs=2"])
+def test_parallel_launcher_gives_the_sequential_numbers(launcher, synthetic_root, tmp_path):
+    """A joblib multirun (one-thread workers on 2 cores) vs the default in-process launcher
     at the same thread count: same seed, same numbers, bit for bit. (A different intra-op
     thread count may split float reductions differently, so only equal counts compare.)"""
+    from joblib import cpu_count
+
+    n_jobs = int(launcher[1].split("=")[1]) if len(launcher) > 1 else cpu_count()
+    threads = max(cpu_count() // n_jobs, 1)  # what joblib's workers are given, before torch loads
     args = [*FAST, "model=m1", "batch_size=32", "momentum=0,0.9", "seed=4", "epochs=2"]
-    _sweep([*args, "hydra/launcher=parallel", f"hydra.sweep.dir={tmp_path}/par"], synthetic_root, tmp_path)
-    _sweep([*args, "trainer.threads=1", f"hydra.sweep.dir={tmp_path}/seq"], synthetic_root, tmp_path)
+    _sweep([*args, *launcher, f"hydra.sweep.dir={tmp_path}/par"], synthetic_root, tmp_path)
+    _sweep([*args, f"trainer.threads={threads}", f"hydra.sweep.dir={tmp_path}/seq"], synthetic_root, tmp_path)
     par, seq = _results(tmp_path / "par"), _results(tmp_path / "seq")
     assert sorted(par) == sorted(seq) and len(par) == 2
     for name in par:
-        assert par[name]["env"]["threads"] == 1
+        assert par[name]["env"]["threads"] == threads
         for key in ("train_loss", "train_acc", "test_acc"):
             assert par[name]["metrics"][key] == seq[name]["metrics"][key], (name, key)
 
