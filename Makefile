@@ -35,6 +35,7 @@ bench: $(VENV)/.installed
 	$(PY) benchmarks/train_throughput.py
 	$(PY) benchmarks/attacks.py
 	$(PY) benchmarks/hessian.py
+	$(PY) benchmarks/model_step.py
 	$(PY) benchmarks/sweep_throughput.py
 
 lint: $(VENV)/.installed

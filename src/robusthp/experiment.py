@@ -158,7 +158,7 @@ class _ResumeCheckpoint(pl.callbacks.Checkpoint):
         if trainer.current_epoch + 1 >= trainer.max_epochs or trainer.should_stop:
             return
         tmp = self.path.with_name(f".{self.path.name}.tmp")
-        trainer.save_checkpoint(tmp)
+        trainer.save_checkpoint(tmp, weights_only=False)  # optimizer + loops too: resuming needs them
         if trainer.is_global_zero:
             os.replace(tmp, self.path)
 
