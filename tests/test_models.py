@@ -209,9 +209,15 @@ def test_in_place_relus_change_no_numbers(name, train, monkeypatch):
         return logits.detach(), x.grad, [p.grad for p in model.parameters()]
 
     in_place = run()
-    relu = nn.functional.relu
-    monkeypatch.setattr(nn.functional, "relu", lambda t, inplace=False: relu(t))
+    relu, calls = nn.functional.relu, []
+
+    def out_of_place_relu(t, inplace=False):
+        calls.append(inplace)
+        return relu(t)
+
+    monkeypatch.setattr(nn.functional, "relu", out_of_place_relu)
     out_of_place = run()
+    assert calls and all(calls)  # the models asked for in-place ReLUs, and got them out of place
     assert torch.equal(in_place[0], out_of_place[0])
     assert torch.equal(in_place[1], out_of_place[1])
     assert all(torch.equal(a, b) for a, b in zip(in_place[2], out_of_place[2], strict=True))
