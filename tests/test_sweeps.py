@@ -66,9 +66,15 @@ def test_sweep_and_job_names_are_stable_and_readable():
 FAST = ["eval=none", "epochs=1", "data.val_size=50", "trainer.progress_bar=false"]
 
 
-def _sweep(args, root, cwd):
+HEAVY = ("torch", "torchvision", "pytorch_lightning", "lightning")
+# `python -m robusthp.run`, then print which heavy packages the launcher process loaded
+_PROBE = ("import json, sys; from robusthp.run import main; main(); "
+          f"print('LOADED', json.dumps(sorted({{m.split('.')[0] for m in sys.modules}} & set({HEAVY!r}))))")
+
+
+def _sweep(args, root, cwd, probe=False):
     env = dict(os.environ, ROBUSTHP_DATA_DIR=str(root))
-    cmd = [sys.executable, "-m", "robusthp.run", "-m", *args]
+    cmd = [sys.executable, *(["-c", _PROBE] if probe else ["-m", "robusthp.run"]), "-m", *args]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=cwd, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
@@ -114,13 +120,16 @@ def test_tiny_sweep_resumes_and_reports(synthetic_root, tmp_path):
 def test_parallel_launcher_gives_the_sequential_numbers(launcher, synthetic_root, tmp_path):
     """A joblib multirun (one-thread workers on 2 cores) vs the default in-process launcher
     at the same thread count: same seed, same numbers, bit for bit. (A different intra-op
-    thread count may split float reductions differently, so only equal counts compare.)"""
+    thread count may split float reductions differently, so only equal counts compare.)
+    The launcher process never loads torch: not to start, nor to unpickle what a job returns
+    (it would cost seconds of CPU that the workers need)."""
     from joblib import cpu_count
 
     n_jobs = int(launcher[1].split("=")[1]) if len(launcher) > 1 else cpu_count()
     threads = max(cpu_count() // n_jobs, 1)  # what joblib's workers are given, before torch loads
     args = [*FAST, "model=m1", "batch_size=32", "momentum=0,0.9", "seed=4", "epochs=2"]
-    _sweep([*args, *launcher, f"hydra.sweep.dir={tmp_path}/par"], synthetic_root, tmp_path)
+    proc = _sweep([*args, *launcher, f"hydra.sweep.dir={tmp_path}/par"], synthetic_root, tmp_path, probe=True)
+    assert proc.stdout.splitlines()[-1] == "LOADED []", proc.stdout[-500:]
     _sweep([*args, f"trainer.threads={threads}", f"hydra.sweep.dir={tmp_path}/seq"], synthetic_root, tmp_path)
     par, seq = _results(tmp_path / "par"), _results(tmp_path / "seq")
     assert sorted(par) == sorted(seq) and len(par) == 2

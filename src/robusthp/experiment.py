@@ -202,7 +202,7 @@ def _code_version() -> str | None:
 def _env(trainer: pl.Trainer | None) -> dict[str, Any]:
     device = str(trainer.strategy.root_device) if trainer is not None else None
     return {
-        "torch": torch.__version__, "lightning": pl.__version__, "python": platform.python_version(),
+        "torch": str(torch.__version__), "lightning": str(pl.__version__), "python": platform.python_version(),
         "device": device, "threads": torch.get_num_threads(), "code_version": _code_version(),
         "hostname": platform.node(),
     }
