@@ -8,7 +8,11 @@ For each sweep (StdCNN at batch 32; M1 at batch 32 and 1024), four cells (moment
     core, one thread each, channels_last, batches sliced from in-memory uint8 tensors;
     each cell trains, then evaluates the test set (eval mode, inference_mode, batches of 1000);
 (b) robusthp: ``python -m robusthp.run -m hydra/launcher=parallel ... epochs=1 eval=none``,
-    the README's CPU-parallel switch.
+    the README's CPU-parallel switch;
+(c) plain PyTorch in the layout robusthp used before its speed work: one process, torch's
+    default threads, NCHW, the cells one after another. (a)/(c) is what changing the layout
+    can gain on this machine at best: the ceiling for (b)/(c), robusthp's gain over its old
+    sequential default (which also paid its start-up and Lightning once).
 
 Aggregate samples/s = training samples of all cells / (last cell's end - first cell's
 training start), the same work in both: start-up (imports, data decoding) is outside the
@@ -48,15 +52,17 @@ from robusthp.data import DataSettings, ImageDataModule, get_spec
 from robusthp.models import build_model
 from robusthp.optim import build_optimizer, resolve_sgd
 root, model_name, batch_size, momenta = sys.argv[1], sys.argv[2], int(sys.argv[3]), json.loads(sys.argv[4])
+channels_last = sys.argv[5] == "channels_last"
+memory_format = torch.channels_last if channels_last else torch.contiguous_format
 dm = ImageDataModule(DataSettings(dataset="mnist", root=root, batch_size=batch_size, download=False,
-                                  channels_last=True))
+                                  channels_last=channels_last))
 dm.setup()
 spec = get_spec("mnist")
 out = []
 for momentum in momenta:
     torch.manual_seed(0)
     model = build_model(model_name, in_channels=1, num_classes=10, image_size=28, mean=spec.mean,
-                        std=spec.std).to(memory_format=torch.channels_last)
+                        std=spec.std).to(memory_format=memory_format)
     optimizer, _ = build_optimizer(model.parameters(), resolve_sgd("lr", batch_size, momentum))
     loader = dm.train_dataloader().batches  # the shuffled (x, y) batches runs train on
     model.train()
@@ -105,14 +111,16 @@ def one_thread_env() -> dict[str, str]:
     return dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
 
 
-def plain_layout(root: Path, model: str, batch_size: int) -> tuple[float, float]:
-    """(a): one one-thread process per core, cells split between them; (samples/s,
+def plain_layout(root: Path, model: str, batch_size: int, old: bool = False) -> tuple[float, float]:
+    """(a): one one-thread process per core, channels_last, cells split between them; or
+    with ``old``, (c): one process, torch's default threads, NCHW. Returns (samples/s,
     training-only samples/s)."""
-    n = min(cores(), len(MOMENTA))
+    n = 1 if old else min(cores(), len(MOMENTA))
     shares = [list(MOMENTA[i::n]) for i in range(n)]
+    fmt = "nchw" if old else "channels_last"
     procs = [
-        subprocess.Popen([sys.executable, "-c", _PLAIN_WORKER, str(root), model, str(batch_size), json.dumps(s)],
-                         stdout=subprocess.PIPE, text=True, env=one_thread_env())
+        subprocess.Popen([sys.executable, "-c", _PLAIN_WORKER, str(root), model, str(batch_size), json.dumps(s), fmt],
+                         stdout=subprocess.PIPE, text=True, env=os.environ if old else one_thread_env())
         for s in shares
     ]
     cells = [c for p in procs for c in json.loads(p.communicate()[0])]
@@ -174,35 +182,40 @@ def train_flops_per_sample(model_name: str) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sweeps", default="stdcnn:32,m1:32,m1:1024", help="model:batch_size,...")
-    parser.add_argument("--rounds", type=int, default=3, help="(a), (b) alternated this many times")
+    parser.add_argument("--rounds", type=int, default=3, help="(a), (b), (c) alternated this many times")
+    parser.add_argument("--old", action=argparse.BooleanOptionalAction, default=True,
+                        help="also run (c), the old one-process layout (the slowest of the three)")
     args = parser.parse_args()
     import torch
 
     peak = matmul_peak()
     print(f"torch {torch.__version__}; {cores()} cores; fp32 matmul peak {peak:.0f} GFLOP/s "
           f"(one 1-thread torch.mm per core); 4 cells x one epoch of {TRAIN_SIZE} MNIST images each; "
-          f"(a) and (b) alternated {args.rounds}x: samples/s are medians, ratios medians of the "
-          f"per-round ratios")
+          f"(a), (b){', (c)' if args.old else ''} alternated {args.rounds}x: samples/s are medians, "
+          f"ratios medians of the per-round ratios")
     print(f"{'sweep':14} {'(a) plain/s':>12} {'(b) robusthp/s':>15} {'(b)/(a)':>8} "
           f"{'(a) %peak':>10} {'(b) %peak':>10} {'train-only (a)/s':>17} {'(b)/s':>6} {'(b)/(a)':>8} "
-          f"{'(b) wall s':>11}")
+          f"{'(b) wall s':>11} {'(c) old/s':>10} {'(a)/(c)':>8} {'(b)/(c)':>8}")
     median = statistics.median
     with tempfile.TemporaryDirectory() as tmp:
         root = data_root(Path(tmp) / "data")
         for spec in args.sweeps.split(","):
             model, batch_size = spec.split(":")
             flops = train_flops_per_sample(model)
-            rounds = []  # (a, a train-only, b, b train-only, b wall) per round
+            rounds = []  # (a, a train-only, b, b train-only, b wall, c) per round
             for r in range(args.rounds):
                 sweep_dir = Path(tmp) / f"sweep-{model}-{batch_size}-{r}"
-                rounds.append(plain_layout(root, model, int(batch_size))
-                              + robusthp_layout(root, model, int(batch_size), sweep_dir))
-            a, a_train, b, b_train, wall = (median(col) for col in zip(*rounds, strict=True))
+                a_b = plain_layout(root, model, int(batch_size)) + robusthp_layout(root, model, int(batch_size), sweep_dir)
+                c = plain_layout(root, model, int(batch_size), old=True)[0] if args.old else float("nan")
+                rounds.append((*a_b, c))
+            a, a_train, b, b_train, wall, c = (median(col) for col in zip(*rounds, strict=True))
             ratio = median(r[2] / r[0] for r in rounds)
             train_ratio = median(r[3] / r[1] for r in rounds)
+            ceiling, gain = median(r[0] / r[5] for r in rounds), median(r[2] / r[5] for r in rounds)
             print(f"{model + ' bs ' + batch_size:14} {a:>12.0f} {b:>15.0f} {ratio:>8.3f} "
                   f"{100 * a * flops / 1e9 / peak:>9.1f}% {100 * b * flops / 1e9 / peak:>9.1f}% "
-                  f"{a_train:>17.0f} {b_train:>6.0f} {train_ratio:>8.3f} {wall:>11.1f}   "
+                  f"{a_train:>17.0f} {b_train:>6.0f} {train_ratio:>8.3f} {wall:>11.1f} "
+                  f"{c:>10.0f} {ceiling:>8.3f} {gain:>8.3f}   "
                   f"(per round (b)/(a): {', '.join(f'{r[2] / r[0]:.3f}' for r in rounds)})", flush=True)
 
 
