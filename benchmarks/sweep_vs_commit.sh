@@ -22,7 +22,7 @@ trap 'git worktree remove --force "$TMP/old" >/dev/null 2>&1 || true; rm -rf "$T
 git worktree add --detach -q "$TMP/old" "$REV"
 CONF="$TMP/old/conf"; [ -d "$CONF" ] || CONF="$TMP/old/src/robusthp/conf"
 
-seconds() { local t0; t0=$(date +%s.%N); "$@" > "$TMP/log" 2>&1 || { tail -5 "$TMP/log"; exit 1; }
+seconds() { local t0; t0=$(date +%s.%N); "$@" > "$TMP/log" 2>&1 || { tail -5 "$TMP/log" >&2; exit 1; }
             python3 -c "import sys; print(f'{$(date +%s.%N) - $t0:.1f}')"; }
 ok() { grep -l '"status": "ok"' "$1"/*/results.json 2>/dev/null | wc -l; }
 
