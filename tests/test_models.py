@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import subprocess
 import sys
 
@@ -9,6 +10,7 @@ import pytest
 import torch
 from torch import nn
 
+from robusthp import catalog
 from robusthp.models import MODELS, Normalize, build_model, register_model
 
 MNIST = dict(in_channels=1, image_size=28, mean=(0.1307,), std=(0.3081,))
@@ -256,6 +258,30 @@ def test_register_new_model():
         assert build_model("tiny_test_model", num_classes=4, **MNIST)(pixels(MNIST)).shape == (2, 4)
     finally:
         del MODELS["tiny_test_model"]
+
+
+def test_registry_is_filled_from_the_catalog():
+    assert list(MODELS) == list(catalog.MODELS)  # same names, same order
+    for name, spec in catalog.MODELS.items():
+        module, attr = spec.builder.split(":")
+        assert MODELS[name] is getattr(importlib.import_module(module), attr)
+
+
+def test_registered_model_gets_a_catalog_entry_and_loses_it_when_deleted():
+    @register_model("tiny_catalog_model", label="Tiny")
+    def tiny(*, in_channels, num_classes, image_size, mean, std):
+        return nn.Sequential(Normalize(mean, std), nn.Flatten(), nn.Linear(in_channels * image_size**2, num_classes))
+
+    try:
+        spec = catalog.MODELS["tiny_catalog_model"]
+        assert (spec.name, spec.label, spec.dataset) == ("tiny_catalog_model", "Tiny", None)
+        assert spec.builder == f"{__name__}:{tiny.__qualname__}"
+    finally:
+        del MODELS["tiny_catalog_model"]
+    assert "tiny_catalog_model" not in catalog.MODELS and "tiny_catalog_model" not in MODELS
+    with pytest.raises(ValueError, match="'m1' is already registered"):
+        register_model("m1")(tiny)
+    assert "m1" in catalog.MODELS  # a catalog model stays in the catalog
 
 
 def test_unknown_option_is_named():

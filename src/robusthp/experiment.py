@@ -17,18 +17,29 @@ import subprocess
 import time
 import traceback
 import warnings
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
 
-from robusthp.data import DataSettings, ImageDataModule, get_spec
+from robusthp.catalog import get_spec
+from robusthp.data import ImageDataModule
 from robusthp.lit_module import ClassifierModule
 from robusthp.models import build_model
-from robusthp.optim import SGDSettings
 from robusthp.results import RESULTS_FILE, SCHEMA_VERSION, write_json_atomic
+from robusthp.settings import (  # re-exported: the settings a run is built from
+    AdversarialSettings,
+    DataSettings,
+    HessianSettings,
+    RunSettings,
+    SGDSettings,
+    TrainSettings,
+)
+
+__all__ = ["AdversarialSettings", "DataSettings", "HessianSettings", "RunSettings",
+           "SGDSettings", "TrainSettings", "build_callbacks", "run_experiment"]
 
 log = logging.getLogger(__name__)
 
@@ -44,73 +55,6 @@ for _name in ("pytorch_lightning.utilities.rank_zero", "lightning.pytorch.utilit
     logging.getLogger(_name).addFilter(_NoAdverts())
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
 warnings.filterwarnings("ignore", message=r".*smaller than the logging interval.*")  # we log per epoch
-
-
-@dataclass(frozen=True)
-class TrainSettings:
-    epochs: int = 100
-    seed: int = 0
-    accelerator: str = "auto"
-    devices: int = 1
-    precision: str = "32-true"
-    progress_bar: bool = True
-    check_every: int = 50
-    threads: int | None = None
-    channels_last: bool | None = None  # None: on CPU only (resolve_channels_last)
-    validate: bool = True  # validation accuracy after every epoch
-    checkpoint: bool = True  # save checkpoints/last.ckpt each epoch, resume from it
-
-    def __post_init__(self) -> None:
-        if isinstance(self.epochs, bool) or not isinstance(self.epochs, int) or self.epochs < 1:
-            raise ValueError(f"epochs must be an integer >= 1, got {self.epochs!r}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
-            raise ValueError(f"seed must be an integer, got {self.seed!r}")
-        if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
-            raise ValueError(f"trainer.threads must be a positive integer or null, got {self.threads!r}")
-
-
-@dataclass(frozen=True)
-class AdversarialSettings:
-    enabled: bool = True
-    eps: tuple[float, ...] = (0.3,)
-    attacks: tuple[str, ...] = ("fgsm", "pgd")
-    pgd_steps: int = 40
-    pgd_alpha: float | None = None
-    random_start: bool = False
-    num_samples: int | None = None
-    batch_size: int | None = 1000
-
-
-@dataclass(frozen=True)
-class HessianSettings:
-    enabled: bool = True
-    backend: str = "pyhessian"
-    top_n: int = 1
-    num_samples: int | None = 4096
-    max_iter: int = 100
-    tol: float = 1e-3
-    batch_size: int | None = 1024
-
-
-@dataclass(frozen=True)
-class RunSettings:
-    """Everything one run needs, validated, in the units the paper reasons in."""
-
-    data: DataSettings
-    model: str
-    sgd: SGDSettings
-    train: TrainSettings
-    adversarial: AdversarialSettings = field(default_factory=AdversarialSettings)
-    hessian: HessianSettings = field(default_factory=HessianSettings)
-    model_kwargs: dict[str, Any] = field(default_factory=dict)
-
-    def cell(self) -> dict[str, Any]:
-        """The grid coordinates of this run (the report's row keys)."""
-        return {
-            "dataset": self.data.dataset, "model": self.model, "regime": self.sgd.regime,
-            "batch_size": self.sgd.batch_size, "momentum": self.sgd.momentum, "lr": self.sgd.lr,
-            "seed": self.train.seed, "epochs": self.train.epochs,
-        }
 
 
 def build_callbacks(settings: RunSettings) -> list[pl.Callback]:
@@ -249,8 +193,8 @@ def run_experiment(settings: RunSettings, out_dir: str | Path, config: dict | No
 
 def resolve_channels_last(choice: bool | None, device: torch.device) -> bool:
     """``None`` (config ``auto``): channels_last on CPU, where it makes these small convnets
-    1.1-1.9x faster (../shared/STACK.md, measured here); NCHW elsewhere, where fp32 small
-    convs gain little from it (set it to true for AMP on tensor cores)."""
+    1.1-1.9x faster (benchmarks/model_step.py); NCHW elsewhere, where fp32 small convs gain
+    little from it (set it to true for AMP on tensor cores)."""
     return device.type == "cpu" if choice is None else bool(choice)
 
 

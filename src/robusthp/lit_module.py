@@ -10,7 +10,8 @@ import torch.nn.functional as F
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
-from robusthp.optim import SGDSettings, build_optimizer
+from robusthp.optim import build_optimizer
+from robusthp.settings import SGDSettings
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 

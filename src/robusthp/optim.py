@@ -1,129 +1,21 @@
-"""The one optimizer factory: the paper's three SGD regimes (Kamath et al., Sec. 2.1).
+"""The one optimizer factory: resolved SGD settings -> torch optimizer and schedule.
 
-=========  ===============================  ==========  =========================
-regime     learning rate                    momentum    schedule
-=========  ===============================  ==========  =========================
-lr         ``lr`` (0.01)                    swept       none
-lr_bs      ``lr_bs_ratio * batch_size``     swept       none
-benchmark  ``lr`` (0.01)                    fixed 0.9   halved every 5 epochs
-=========  ===============================  ==========  =========================
-
-Every SGD setting is explicit: no weight decay, no Nesterov, no dampening (the
-paper's plain SGD). The LR/BS ratio becomes a learning rate here and nowhere else.
-Later regimes (Adam, RMSProp, ENGM) register in ``REGIMES``. Pure torch.
+The regimes themselves (the paper's three, Kamath et al. Sec. 2.1) are rows of
+``robusthp.catalog.REGIMES``; ``robusthp.settings.resolve_sgd`` turns a regime's keys and
+the batch size into :class:`SGDSettings`. This module only builds torch objects from them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable
 
 import torch
 
-PAPER_LR = 0.01
-PAPER_LR_BS_RATIO = 0.00015625  # = 0.005 / 32: lr 0.005 at batch 32, 0.64 at 4096
-BENCHMARK_MOMENTUM = 0.9
-BENCHMARK_HALVE_EVERY_EPOCHS = 5
+from robusthp.catalog import REGIMES, RegimeSpec, get_regime, register_regime
+from robusthp.settings import SGDSettings, resolve_sgd
 
-
-@dataclass(frozen=True)
-class RegimeSpec:
-    """How one regime turns (lr, lr_bs_ratio, batch_size, momentum) into SGD settings."""
-
-    name: str
-    lr: Callable[[float, float, int], float]  # (lr, lr_bs_ratio, batch_size) -> lr
-    fixed_momentum: float | None = None  # a regime that fixes momentum rejects any other value
-    halve_every_epochs: int | None = None
-    description: str = ""
-
-
-REGIMES: dict[str, RegimeSpec] = {}
-
-
-def register_regime(spec: RegimeSpec) -> RegimeSpec:
-    if spec.name in REGIMES:
-        raise ValueError(f"regime {spec.name!r} is already registered")
-    REGIMES[spec.name] = spec
-    return spec
-
-
-register_regime(RegimeSpec("lr", lambda lr, ratio, bs: lr, description="fixed learning rate"))
-register_regime(
-    RegimeSpec("lr_bs", lambda lr, ratio, bs: ratio * bs, description="fixed lr / batch-size ratio")
-)
-register_regime(
-    RegimeSpec(
-        "benchmark",
-        lambda lr, ratio, bs: lr,
-        fixed_momentum=BENCHMARK_MOMENTUM,
-        halve_every_epochs=BENCHMARK_HALVE_EVERY_EPOCHS,
-        description="Yao et al. 2018: lr 0.01, momentum 0.9, halved every 5 epochs",
-    )
-)
-
-
-@dataclass(frozen=True)
-class SGDSettings:
-    """Resolved, validated SGD hyperparameters of one run (what results.json records)."""
-
-    regime: str
-    lr: float  # the initial, effective learning rate
-    momentum: float
-    batch_size: int
-    halve_every_epochs: int | None = None
-    weight_decay: float = 0.0
-    nesterov: bool = False
-    dampening: float = 0.0
-
-    def lr_at_epoch(self, epoch: int) -> float:
-        """Learning rate used during (0-based) ``epoch``."""
-        if self.halve_every_epochs is None:
-            return self.lr
-        return self.lr * 0.5 ** (epoch // self.halve_every_epochs)
-
-
-def get_regime(name: str) -> RegimeSpec:
-    if name not in REGIMES:
-        raise ValueError(f"unknown regime {name!r}; choose one of: {', '.join(sorted(REGIMES))}")
-    return REGIMES[name]
-
-
-def resolve_sgd(
-    regime: str,
-    batch_size: int,
-    momentum: float | None = None,
-    lr: float = PAPER_LR,
-    lr_bs_ratio: float = PAPER_LR_BS_RATIO,
-) -> SGDSettings:
-    """Validate the knobs and convert them to SGD settings (the one place units change).
-
-    ``momentum=None`` means the regime's own value (0 unless the regime fixes it).
-    """
-    spec = get_regime(regime)
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-    if momentum is not None:
-        if isinstance(momentum, bool) or not isinstance(momentum, (int, float)):
-            raise ValueError(f"momentum must be a number in [0, 1), got {momentum!r}")
-        if not 0.0 <= momentum < 1.0:
-            raise ValueError(f"momentum must be in [0, 1), got {momentum!r}")
-    if spec.fixed_momentum is not None:
-        if momentum is not None and momentum != spec.fixed_momentum:
-            raise ValueError(
-                f"regime {regime!r} fixes momentum at {spec.fixed_momentum}; got momentum={momentum!r} "
-                f"(drop the override, or use regime=lr / regime=lr_bs to sweep momentum)"
-            )
-        momentum = spec.fixed_momentum
-    for name, value in (("lr", lr), ("lr_bs_ratio", lr_bs_ratio)):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-            raise ValueError(f"{name} must be a positive number, got {value!r}")
-    return SGDSettings(
-        regime=regime,
-        lr=float(spec.lr(lr, lr_bs_ratio, batch_size)),
-        momentum=float(momentum or 0.0),
-        batch_size=batch_size,
-        halve_every_epochs=spec.halve_every_epochs,
-    )
+__all__ = ["REGIMES", "RegimeSpec", "SGDSettings", "build_optimizer", "get_regime",
+           "register_regime", "resolve_sgd"]
 
 
 def build_optimizer(

@@ -10,10 +10,8 @@ Under ``-m`` a failed cell is recorded in its results.json and the sweep goes on
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import sys
-from importlib import resources
 from pathlib import Path
 
 import hydra
@@ -21,39 +19,17 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from robusthp.config_store import group_options, job_dir, register_resolvers, sweep_name
 from robusthp.results import RESULTS_FILE, is_complete, read_results
+
+__all__ = ["check_group_choices", "job_dir", "main", "sweep_name"]
 
 # torch, Lightning and torchvision (~8 s to import here) load inside _main, in the process
 # that trains: a parallel sweep's launcher process never pays for them, nor does a skipped run.
 
 log = logging.getLogger(__name__)
 GROUPS = ("dataset", "model", "regime", "eval", "line", "experiment")
-NAME_EXCLUDED = ("resume=", "trainer.progress_bar=", "trainer.threads=")  # do not change results
-MAX_NAME = 120
-
-
-def sweep_name(task_overrides: list[str]) -> str:
-    """A sweep's directory name from its command-line overrides, the same for the same command
-    (sorted; ``experiment=X`` is written ``X``); long names end in a hash of the full name."""
-    items = sorted(
-        o.split("=", 1)[1] if o.startswith("experiment=") else o
-        for o in task_overrides if not o.startswith(NAME_EXCLUDED)
-    )
-    name = "__".join(items).replace("/", "-") or "default"
-    if len(name) > MAX_NAME:
-        name = name[: MAX_NAME - 9] + "-" + hashlib.sha1(name.encode()).hexdigest()[:8]
-    return name
-
-
-def job_dir(override_dirname: str) -> str:
-    """A sweep cell's subdir: its own overrides (``batch_size=32,line=lr_m0``)."""
-    return override_dirname.replace("/", "-") or "default"
-
-
-# Cached like Hydra's ${now:}: a sweep's jobs (and joblib's workers) reuse the value the
-# launcher computed, although each job's own hydra.overrides.task differs.
-OmegaConf.register_new_resolver("robusthp_sweep_name", sweep_name, use_cache=True, replace=True)
-OmegaConf.register_new_resolver("robusthp_job_dir", job_dir, replace=True)
+register_resolvers()
 
 
 def _fail(message: str, code: int = 2) -> None:
@@ -63,12 +39,11 @@ def _fail(message: str, code: int = 2) -> None:
 
 def check_group_choices(argv: list[str]) -> None:
     """Reject ``group=unknown`` overrides in one line (Hydra's own message spans a screen)."""
-    conf = resources.files("robusthp.conf")
     for arg in argv:
         key, sep, value = arg.lstrip("+").partition("=")
         if not sep or key not in GROUPS or value in ("", "null"):
             continue
-        options = sorted(p.name[:-5] for p in conf.joinpath(key).iterdir() if p.name.endswith(".yaml"))
+        options = group_options(key)
         for choice in value.split(","):
             if choice not in options:
                 _fail(f"unknown {key} {choice!r}; choose one of: {', '.join(options)}")

@@ -1,8 +1,15 @@
-"""Data: torchvision decoding into uint8 tensors, the paper's splits, in-memory batches."""
+"""Data: torchvision decoding into uint8 tensors, the paper's splits, in-memory batches.
 
-from robusthp.data.datamodule import DataSettings, ImageDataModule
-from robusthp.data.datasets import DATASETS, DataNotFoundError, DatasetSpec, get_spec, load_tensors
+``DataSettings`` is defined in :mod:`robusthp.settings` and the dataset table
+(``DATASETS``, ``DatasetSpec``, ``get_spec``) in :mod:`robusthp.catalog`; both are
+re-exported here.
+"""
+
+from robusthp.catalog import DATASETS, DatasetSpec, get_spec
+from robusthp.data.datamodule import ImageDataModule
+from robusthp.data.datasets import DataNotFoundError, load_tensors
 from robusthp.data.loader import StepChunks, TensorBatches, random_crop_flip
+from robusthp.settings import DataSettings
 
 __all__ = [
     "DATASETS", "DataNotFoundError", "DataSettings", "DatasetSpec", "ImageDataModule", "StepChunks",

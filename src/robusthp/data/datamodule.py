@@ -2,48 +2,24 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import pytorch_lightning as pl
 import torch
 
 from robusthp.data.datasets import DatasetSpec, get_spec, load_tensors, split_indices
 from robusthp.data.loader import StepChunks, TensorBatches
+from robusthp.settings import DataSettings  # defined and checked there; re-exported here
 
-
-@dataclass(frozen=True)
-class DataSettings:
-    """Everything that decides which images a run sees, and in which batches."""
-
-    dataset: str = "mnist"
-    root: str = "./data"
-    batch_size: int = 128  # the global batch size the paper studies
-    eval_batch_size: int = 1000
-    val_size: int | None = None  # None: the paper's (5k MNIST/FMNIST, 10k CIFAR-10)
-    split_seed: int = 0
-    shuffle_seed: int = 0
-    train_subset: int | None = None  # first N of the training split (quick CPU runs)
-    test_subset: int | None = None  # first N of the test set
-    download: bool = True
-    on_device: bool = True  # keep the whole dataset on the training device
-    channels_last: bool = False
-    steps_per_call: int = 8  # SGD steps per Lightning training_step call (StepChunks)
-
-    def __post_init__(self) -> None:
-        get_spec(self.dataset)
-        for name in ("train_subset", "test_subset"):
-            value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or value < 1):
-                raise ValueError(f"data.{name} must be a positive integer or null, got {value!r}")
-        if isinstance(self.steps_per_call, bool) or not isinstance(self.steps_per_call, int) \
-                or self.steps_per_call < 1:
-            raise ValueError(f"trainer.steps_per_call must be an integer >= 1, got {self.steps_per_call!r}")
-        if not isinstance(self.eval_batch_size, int) or self.eval_batch_size < 1:
-            raise ValueError(f"data.eval_batch_size must be a positive integer, got {self.eval_batch_size!r}")
+__all__ = ["DataSettings", "ImageDataModule"]
 
 
 class ImageDataModule(pl.LightningDataModule):
-    """MNIST / Fashion-MNIST / CIFAR-10 as in-memory tensors, split as the paper."""
+    """MNIST / Fashion-MNIST / CIFAR-10 as in-memory tensors, split as the paper.
+
+    The training loader reshuffles (and re-augments) each epoch: it reads the epoch from
+    the attached trainer's public ``current_epoch`` when a pass starts, so the batches of
+    epoch ``e`` depend on ``(shuffle_seed, e)`` only, and a run resumed at epoch ``e``
+    sees the same batches as an uninterrupted one.
+    """
 
     def __init__(self, settings: DataSettings):
         super().__init__()
@@ -81,6 +57,11 @@ class ImageDataModule(pl.LightningDataModule):
             return trainer.strategy.root_device
         return torch.device("cpu")
 
+    def current_epoch(self) -> int:
+        """The attached trainer's epoch (0 with none): the training order's epoch."""
+        trainer = self.trainer
+        return 0 if trainer is None else trainer.current_epoch
+
     def split_sizes(self) -> dict[str, int]:
         return {name: len(y) for name, (_, y) in self._splits.items()}
 
@@ -95,6 +76,7 @@ class ImageDataModule(pl.LightningDataModule):
             images, labels, batch_size,
             shuffle=train, augment=train and self.spec.augment, seed=self.settings.shuffle_seed,
             rank=rank, world_size=world, channels_last=self.settings.channels_last,
+            epoch_source=self.current_epoch if train else None,
         )
 
     def train_dataloader(self) -> StepChunks:
@@ -110,5 +92,3 @@ class ImageDataModule(pl.LightningDataModule):
     def eval_train_dataloader(self) -> TensorBatches:
         """The training split unshuffled and unaugmented (for the Hessian callback)."""
         return self._batches("train", self.settings.eval_batch_size, train=False)
-
-

@@ -11,28 +11,19 @@ from __future__ import annotations
 import functools
 import logging
 import pickle
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torchvision import datasets as tvd
 
+from robusthp.catalog import DATASETS, DatasetSpec, get_spec
+
+__all__ = [  # the catalog's dataset table is re-exported: its one definition is robusthp.catalog
+    "DATASETS", "DataNotFoundError", "DatasetSpec", "get_spec", "load_tensors", "split_indices",
+    "torchvision_class",
+]
+
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class DatasetSpec:
-    """What the models and the splits need to know about a dataset."""
-
-    name: str
-    in_channels: int
-    image_size: int
-    num_classes: int
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    val_size: int  # carved from the official training set; the rest trains
-    augment: bool  # random crop (pad 4) + horizontal flip during training
-    layout: str  # the files torchvision reads below ``root`` (for error messages)
 
 
 class _CIFAR10(tvd.CIFAR10):
@@ -53,32 +44,26 @@ class _CIFAR10(tvd.CIFAR10):
         self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
 
 
-DATASETS: dict[str, DatasetSpec] = {
-    "mnist": DatasetSpec(
-        "mnist", 1, 28, 10, (0.1307,), (0.3081,), val_size=5000, augment=False,
-        layout="MNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte",
-    ),
-    "fashion_mnist": DatasetSpec(
-        "fashion_mnist", 1, 28, 10, (0.2860,), (0.3530,), val_size=5000, augment=False,
-        layout="FashionMNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte",
-    ),
-    "cifar10": DatasetSpec(
-        "cifar10", 3, 32, 10, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616),
-        val_size=10000, augment=True,
-        layout="cifar-10-batches-py/{data_batch_1..5,test_batch,batches.meta}",
-    ),
+# The torchvision class that reads each dataset of ``robusthp.catalog.DATASETS`` (the one
+# thing about a dataset that needs torchvision, so it lives here, not in the catalog).
+_TORCHVISION: dict[str, type[tvd.VisionDataset]] = {
+    "mnist": tvd.MNIST, "fashion_mnist": tvd.FashionMNIST, "cifar10": _CIFAR10,
 }
-_TORCHVISION = {"mnist": tvd.MNIST, "fashion_mnist": tvd.FashionMNIST, "cifar10": _CIFAR10}
+
+
+def torchvision_class(name: str) -> type[tvd.VisionDataset]:
+    """The torchvision class reading catalog dataset ``name``; a clear error if it has none."""
+    spec = get_spec(name)
+    if spec.name not in _TORCHVISION:
+        raise ValueError(
+            f"dataset {spec.name!r} is in robusthp.catalog.DATASETS but has no torchvision class "
+            f"to read it; add one to robusthp.data.datasets._TORCHVISION"
+        )
+    return _TORCHVISION[spec.name]
 
 
 class DataNotFoundError(FileNotFoundError):
     """The dataset is not under ``root`` and could not be downloaded."""
-
-
-def get_spec(name: str) -> DatasetSpec:
-    if name not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; choose one of: {', '.join(sorted(DATASETS))}")
-    return DATASETS[name]
 
 
 def load_tensors(name: str, root: str | Path, train: bool, download: bool = True):
@@ -94,7 +79,7 @@ def _load_tensors(name: str, root: str | Path, train: bool, download: bool = Tru
     ``download`` is true. Raises :class:`DataNotFoundError` naming the root and
     the expected layout when neither works (e.g. offline).
     """
-    spec, cls, root = get_spec(name), _TORCHVISION[name], Path(root).expanduser()
+    spec, cls, root = get_spec(name), torchvision_class(name), Path(root).expanduser()
     try:
         ds = cls(str(root), train=train, download=False)
     except RuntimeError:

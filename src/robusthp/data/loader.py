@@ -7,9 +7,11 @@ flip on that device.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
+
+from robusthp.settings import check_divides
 
 
 def random_crop_flip(x: torch.Tensor, generator: torch.Generator, pad: int = 4) -> torch.Tensor:
@@ -37,8 +39,12 @@ class TensorBatches:
     ``batch_size`` is the *global* batch size; with ``world_size > 1`` each rank
     yields its ``batch_size // world_size`` share of every global batch, so the
     batches studied are the same whatever the number of devices.
-    Lightning calls ``sampler.set_epoch(epoch)`` on it each epoch (it is its own
-    sampler), so a resumed run reshuffles exactly as an uninterrupted one.
+
+    The order (and the crops and flips) of a pass is a pure function of ``(seed, epoch)``.
+    The epoch is read when a pass starts: from ``epoch_source()`` if one is given (the
+    DataModule gives ``trainer.current_epoch``, so a resumed run reshuffles exactly as an
+    uninterrupted one), else the last :meth:`set_epoch` value (0 at first; Lightning sets
+    it on a loader passed to ``trainer.fit`` directly).
     """
 
     def __init__(
@@ -52,28 +58,32 @@ class TensorBatches:
         rank: int = 0,
         world_size: int = 1,
         channels_last: bool = False,
+        epoch_source: Callable[[], int] | None = None,
     ):
-        if batch_size % world_size:
-            raise ValueError(
-                f"batch_size {batch_size} does not divide across {world_size} devices; "
-                f"use a multiple of {world_size}"
-            )
+        check_divides(batch_size, world_size)
         self.images, self.labels = images, labels
         self.batch_size, self.shuffle, self.augment, self.seed = batch_size, shuffle, augment, seed
         self.rank, self.world_size, self.channels_last = rank, world_size, channels_last
-        self.epoch = 0
-        self.sampler = self  # Lightning looks for ``loader.sampler.set_epoch``
-        self.batch_sampler = None  # ... and expects this beside it
+        self.epoch, self.epoch_source = 0, epoch_source
+        # A bare loader given to ``trainer.fit`` still reshuffles: Lightning calls
+        # ``sampler.set_epoch`` on it (from its private ``_set_sampler_epoch``). The
+        # DataModule's loaders read the public ``trainer.current_epoch`` instead.
+        self.sampler, self.batch_sampler = self, None
 
     def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+        """The epoch of the next passes when no ``epoch_source`` is given."""
+        self.epoch = int(epoch)
+
+    def current_epoch(self) -> int:
+        """The epoch whose order the next pass yields."""
+        return self.epoch if self.epoch_source is None else int(self.epoch_source())
 
     def __len__(self) -> int:
         return -(-len(self.labels) // self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         n, dev = len(self.labels), self.images.device
-        gen = torch.Generator(device=dev).manual_seed(self.seed * 1_000_003 + self.epoch)
+        gen = torch.Generator(device=dev).manual_seed(self.seed * 1_000_003 + self.current_epoch())
         order = torch.randperm(n, generator=gen, device=dev) if self.shuffle else None
         for start in range(0, n, self.batch_size):
             end = min(start + self.batch_size, n)
@@ -88,26 +98,24 @@ class TensorBatches:
                 x = x.contiguous(memory_format=torch.channels_last)
             yield x, y
 
-    def to(self, device: torch.device | str) -> TensorBatches:
-        self.images, self.labels = self.images.to(device), self.labels.to(device)
-        return self
-
 
 class StepChunks:
     """The batches of ``batches`` grouped into lists of up to ``steps`` ``(x, y)`` pairs.
 
     One list is one Lightning ``training_step`` call that takes ``steps`` SGD steps
     (see :class:`robusthp.lit_module.ClassifierModule`), so Lightning's per-call overhead is
-    paid once per chunk. The steps themselves, and their order, are unchanged.
-    ``sampler`` is the wrapped loader, so Lightning's ``set_epoch`` reaches it.
+    paid once per chunk. The steps themselves, and their order, are unchanged; the epoch
+    is the wrapped loader's (:meth:`set_epoch` forwards to it).
     """
 
     def __init__(self, batches: TensorBatches, steps: int):
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
             raise ValueError(f"steps per chunk must be an integer >= 1, got {steps!r}")
         self.batches, self.steps = batches, steps
-        self.sampler = batches
-        self.batch_sampler = None
+        self.sampler, self.batch_sampler = self, None  # Lightning's set_epoch reaches it
+
+    def set_epoch(self, epoch: int) -> None:
+        self.batches.set_epoch(epoch)
 
     def __len__(self) -> int:
         return -(-len(self.batches) // self.steps)

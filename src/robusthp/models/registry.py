@@ -1,4 +1,9 @@
-"""Model registry: a plain dict, name -> builder, filled at the bottom of this file.
+"""Model registry: a dict, name -> builder, filled from ``robusthp.catalog.MODELS``.
+
+The catalog names each model's builder as ``"module:callable"``; this module imports
+those at import time (the catalog stays torch-free). :func:`register_model` adds a
+user's own model to both: the builder here and a catalog entry (so the config groups
+and the report know its name).
 
 A builder is any callable taking the keyword arguments ``in_channels``,
 ``num_classes``, ``image_size``, ``mean``, ``std`` plus its own options and
@@ -8,34 +13,78 @@ returning an ``nn.Module`` that maps [0, 1] pixels (N, C, S, S) to logits
 
 from __future__ import annotations
 
+import importlib
 import inspect
 from collections.abc import Callable, Iterable, Sequence
 
 from torch import nn
 
-from robusthp.models.c1 import C1
-from robusthp.models.m1 import M1
-from robusthp.models.resnet import resnet18
-from robusthp.models.stdcnn import StdCNN
+from robusthp import catalog
 
 Builder = Callable[..., nn.Module]
 
-MODELS: dict[str, Builder] = {}
+
+class _Registry(dict):
+    """name -> builder. Deleting a name that :func:`register_model` added to the catalog
+    removes that catalog entry too, so the two tables keep the same names."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.added_to_catalog: set[str] = set()  # the catalog entries register_model made
+
+    def __delitem__(self, name: str) -> None:
+        super().__delitem__(name)
+        if name in self.added_to_catalog:
+            self.added_to_catalog.discard(name)
+            catalog.MODELS.pop(name, None)
+
+    def pop(self, name: str, *default: object) -> object:
+        if name not in self:
+            return super().pop(name, *default)
+        builder = self[name]
+        del self[name]
+        return builder
+
+
+MODELS: _Registry = _Registry()  # a dict[str, Builder]
 
 # Arguments every builder takes; the rest of a builder's signature are its options.
 COMMON_ARGS = ("in_channels", "num_classes", "image_size", "mean", "std")
 
 
-def register_model(name: str) -> Callable[[Builder], Builder]:
-    """Decorator: ``MODELS[name] = builder``. A name already taken is an error, never overwritten."""
+def register_model(
+    name: str, *, label: str | None = None, dataset: str | None = None
+) -> Callable[[Builder], Builder]:
+    """Decorator: ``MODELS[name] = builder``. A name already taken is an error, never overwritten.
+
+    A name the catalog does not know gets a ``catalog.ModelSpec`` too (``label`` defaults to
+    the name; ``dataset``, the dataset it is meant for, to none).
+    """
 
     def add(builder: Builder) -> Builder:
         if name in MODELS:
             raise ValueError(f"model {name!r} is already registered (to {MODELS[name]!r})")
+        if name not in catalog.MODELS:
+            catalog.register_model_spec(catalog.ModelSpec(
+                name, label if label is not None else name, dataset,
+                f"{builder.__module__}:{builder.__qualname__}",
+            ))
+            MODELS.added_to_catalog.add(name)
         MODELS[name] = builder
         return builder
 
     return add
+
+
+def import_builder(spec: catalog.ModelSpec) -> Builder:
+    """The callable a catalog entry names as ``"module:callable"``."""
+    module, _, attr = spec.builder.partition(":")
+    if not module or not attr:
+        raise ValueError(f"model {spec.name!r}: builder must be 'module:callable', got {spec.builder!r}")
+    try:
+        return getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as err:
+        raise ImportError(f"model {spec.name!r}: cannot import its builder {spec.builder!r}: {err}") from err
 
 
 def build_model(
@@ -100,8 +149,7 @@ def _check_options(name: str, builder: Builder, model_kwargs: dict[str, object])
         )
 
 
-# The one place the registry is filled.
-register_model("m1")(M1)
-register_model("stdcnn")(StdCNN)
-register_model("c1")(C1)
-register_model("resnet18")(resnet18)
+# Filled from the one model table, robusthp.catalog.MODELS.
+for _spec in list(catalog.MODELS.values()):
+    register_model(_spec.name)(import_builder(_spec))
+del _spec

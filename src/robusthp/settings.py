@@ -1,0 +1,311 @@
+"""Every setting of a run in one place: its default, its unit, its config key and its check.
+
+Plain dataclasses, torch-free and Hydra-free. Each field that the user can set carries its
+config key (``setting(key=...)``); from that one declaration
+
+- ``robusthp.config_store`` builds the Hydra defaults (the YAMLs only select and override),
+- ``robusthp.config`` reads a composed config back into these objects, and
+- the callbacks and core functions take their keyword defaults (e.g.
+  ``HessianSettings.backend``).
+
+A bad value raises ``ValueError`` with one line naming the config key, the value and what
+is allowed; ``python -m robusthp.run`` prints that line and exits 2.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from robusthp.catalog import DATASETS, REGIMES, get_regime, get_spec
+
+Check = Callable[[Any, str], Any]  # (value, config key) -> the value, coerced; raises ValueError
+
+DEFAULT_DATASET = "mnist"
+
+
+# ---------------------------------------------------------------------------- checks
+
+
+def check_int(value: Any, key: str, minimum: int | None = None) -> int:
+    """An integer (a float with an integer value is accepted) of at least ``minimum``."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        if not (isinstance(value, float) and value.is_integer()):
+            raise ValueError(f"{key} must be an integer, got {value!r}")
+        value = int(value)
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{key} must be >= {minimum}, got {value!r}")
+    return value
+
+
+def integer(minimum: int | None = None, optional: bool = False) -> Check:
+    def check(value: Any, key: str) -> int | None:
+        return None if optional and value is None else check_int(value, key, minimum)
+
+    return check
+
+
+def positive_number(value: Any, key: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ValueError(f"{key} must be a positive number, got {value!r}")
+    return float(value)
+
+
+def optional_positive_number(value: Any, key: str) -> float | None:
+    return None if value is None else positive_number(value, key)
+
+
+def boolean(value: Any, key: str) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"{key} must be true or false, got {value!r}")
+    return value
+
+
+def one_of(*choices: str) -> Check:
+    def check(value: Any, key: str) -> str:
+        if value not in choices:
+            raise ValueError(f"{key} must be one of {', '.join(choices)}, got {value!r}")
+        return value
+
+    return check
+
+
+def text(value: Any, key: str) -> str:
+    return str(value)
+
+
+def names(value: Any, key: str) -> tuple[str, ...]:
+    out = (value,) if isinstance(value, str) else tuple(value)
+    if not out or not all(isinstance(v, str) for v in out):
+        raise ValueError(f"{key} must name at least one entry, got {value!r}")
+    return out
+
+
+def eps_values(value: Any, key: str) -> tuple[float, ...]:
+    """One L-inf budget or a list of them, each a finite number >= 0 (pixel units)."""
+    values = [value] if isinstance(value, (int, float)) else list(value)
+    for v in values:
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+            raise ValueError(f"{key} must be a number >= 0 or a list of them, got {v!r}")
+    if not values:
+        raise ValueError(f"{key} is empty; give at least one eps")
+    return tuple(float(v) for v in values)
+
+
+def check_momentum(value: Any, key: str = "momentum") -> float | None:
+    """None (the regime's own) or a number in [0, 1)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{key} must be a number in [0, 1), got {value!r}")
+    if not 0.0 <= value < 1.0:
+        raise ValueError(f"{key} must be in [0, 1), got {value!r}")
+    return float(value)
+
+
+def check_divides(batch_size: int, devices: int) -> None:
+    """The studied batch size is the global one: it must split evenly across devices."""
+    if batch_size % devices:
+        raise ValueError(
+            f"batch_size {batch_size} does not divide across trainer.devices={devices}; "
+            f"the global batch size must be a multiple of the number of devices"
+        )
+
+
+def _dataset(value: Any, key: str) -> str:
+    return get_spec(value).name
+
+
+def _channels_last(value: Any, key: str) -> bool | None:
+    if value in ("auto", None):
+        return None
+    if isinstance(value, bool):
+        return value
+    raise ValueError(f"{key} must be auto, true or false, got {value!r}")
+
+
+# ---------------------------------------------------------------------------- declaring
+
+
+def setting(default: Any, key: str | None = None, check: Check | None = None,
+            config: Any = None, **kw: Any) -> Any:
+    """A dataclass field with its config key, its check and (if it differs) the value the
+    Hydra config starts from (``config``: e.g. an interpolation)."""
+    meta = {"key": key, "check": check}
+    if config is not None:
+        meta["config"] = config
+    return field(default=default, metadata=meta, **kw)
+
+
+class Checked:
+    """Runs every field's check in ``__post_init__`` (coerced values replace the given ones)."""
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            check = f.metadata.get("check")
+            if check is not None:
+                value = check(getattr(self, f.name), f.metadata.get("key") or f.name)
+                object.__setattr__(self, f.name, value)
+
+
+# ---------------------------------------------------------------------------- settings
+
+
+@dataclass(frozen=True)
+class DataSettings(Checked):
+    """Everything that decides which images a run sees, and in which batches."""
+
+    dataset: str = setting(DEFAULT_DATASET, "dataset.name", _dataset)
+    root: str = setting("./data", "data.root", text, config="${oc.env:ROBUSTHP_DATA_DIR,./data}")
+    batch_size: int = setting(128, "batch_size", integer(1))  # the GLOBAL batch size studied
+    eval_batch_size: int = setting(1000, "data.eval_batch_size", integer(1))
+    val_size: int | None = setting(None, "data.val_size", integer(0, optional=True))  # None: the dataset's
+    split_seed: int = setting(0, "data.split_seed", integer())  # the train/val split (fixed across a sweep)
+    shuffle_seed: int = setting(0, "seed", integer())  # batch order (the run's seed)
+    train_subset: int | None = setting(None, "data.train_subset", integer(1, optional=True))  # first N
+    test_subset: int | None = setting(None, "data.test_subset", integer(1, optional=True))
+    download: bool = setting(True, "data.download", boolean)  # when missing under root (needs internet)
+    on_device: bool = setting(True)  # keep the whole dataset on the training device
+    channels_last: bool = setting(False)  # resolved at run time from TrainSettings.channels_last
+    # SGD steps per Lightning training_step call: amortizes its ~0.5-0.9 ms per-call cost
+    # (benchmarks/train_throughput.py); the steps and their order are the same for any value
+    steps_per_call: int = setting(8, "trainer.steps_per_call", integer(1))
+
+
+@dataclass(frozen=True)
+class TrainSettings(Checked):
+    epochs: int = setting(100, "epochs", integer(1))  # the paper trains 100 epochs
+    seed: int = setting(0, "seed", integer())  # model init and batch order
+    accelerator: str = setting("auto", "trainer.accelerator", text)  # cpu | gpu | auto
+    devices: int = setting(1, "trainer.devices", integer(1))  # >1: DDP, batch_size stays global
+    precision: str = setting("32-true", "trainer.precision", text)
+    progress_bar: bool = setting(True, "trainer.progress_bar", boolean)
+    check_every: int = setting(50, "trainer.check_every", integer(1))  # steps between divergence checks
+    threads: int | None = setting(None, "trainer.threads", integer(1, optional=True))  # None: torch's
+    # None ("auto"): on CPU only, where it makes these convnets 1.1-1.9x faster
+    # (benchmarks/model_step.py); true | false to force it
+    channels_last: bool | None = setting(None, "trainer.channels_last", _channels_last, config="auto")
+    validate: bool = setting(True, "eval.validate", boolean)  # validation accuracy every epoch
+    checkpoint: bool = setting(True)  # checkpoints/last.ckpt each epoch, resume from it
+
+
+@dataclass(frozen=True)
+class AdversarialSettings(Checked):
+    """FGSM/PGD after training (Kamath et al., Appendix A), L-inf in [0, 1] pixels."""
+
+    enabled: bool = setting(True, "eval.adversarial.enabled", boolean)
+    # one budget or several (a robustness curve; the first is the primary one)
+    eps: tuple[float, ...] = setting((DATASETS[DEFAULT_DATASET].eps,), "eval.adversarial.eps",
+                                     eps_values, config="${dataset.eps}")
+    attacks: tuple[str, ...] = setting(("fgsm", "pgd"), "eval.adversarial.attacks", names)
+    pgd_steps: int = setting(40, "eval.adversarial.pgd_steps", integer(1))  # the paper's 40
+    # None: 2.5 * eps / pgd_steps (Madry et al.'s rule; the paper states no step size)
+    pgd_alpha: float | None = setting(None, "eval.adversarial.pgd_alpha", optional_positive_number)
+    random_start: bool = setting(False, "eval.adversarial.random_start", boolean)  # the paper states none
+    num_samples: int | None = setting(None, "eval.adversarial.num_samples", integer(1, optional=True))  # None: all
+    batch_size: int | None = setting(1000, "eval.adversarial.batch_size", integer(1, optional=True))
+
+
+HESSIAN_BACKENDS = ("pyhessian", "lanczos")
+
+
+@dataclass(frozen=True)
+class HessianSettings(Checked):
+    """The top Hessian eigenvalue of the training loss after training (Yao et al.'s method)."""
+
+    enabled: bool = setting(True, "eval.hessian.enabled", boolean)
+    # pyhessian: PyHessian's power iteration, the reference the study names; lanczos: fewer
+    # Hessian-vector products for the same accuracy (benchmarks/hessian.py)
+    backend: str = setting("pyhessian", "eval.hessian.backend", one_of(*HESSIAN_BACKENDS))
+    top_n: int = setting(1, "eval.hessian.top_n", integer(1))
+    # a fixed, seeded subset of the training split (None: all of it). PyHessian's authors
+    # (arXiv 1912.07145) find the top eigenvalue stable from about 4096 points on
+    num_samples: int | None = setting(4096, "eval.hessian.num_samples", integer(1, optional=True))
+    max_iter: int = setting(100, "eval.hessian.max_iter", integer(1))
+    tol: float = setting(1e-3, "eval.hessian.tol", positive_number)  # relative
+    batch_size: int | None = setting(1024, "eval.hessian.batch_size", integer(1, optional=True))
+
+
+# ---------------------------------------------------------------------------- SGD
+
+
+@dataclass(frozen=True)
+class SGDSettings:
+    """Resolved, validated SGD hyperparameters of one run (what results.json records).
+
+    Every SGD setting is explicit: no weight decay, no Nesterov, no dampening (the
+    paper's plain SGD)."""
+
+    regime: str
+    lr: float  # the initial, effective learning rate
+    momentum: float
+    batch_size: int
+    halve_every_epochs: int | None = None
+    weight_decay: float = 0.0
+    nesterov: bool = False
+    dampening: float = 0.0
+
+
+def resolve_sgd(regime: str, batch_size: int, momentum: float | None = None,
+                **keys: float) -> SGDSettings:
+    """The regime's keys and the batch size -> SGD settings (the one place units change).
+
+    ``momentum=None`` means the regime's own (0 unless the regime fixes it). ``keys`` are
+    the regime's own (``lr`` for lr/benchmark, ``lr_bs_ratio`` for lr_bs); any other key is
+    refused and a missing one takes its default from ``robusthp.catalog.REGIMES``.
+    """
+    spec = get_regime(regime)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    momentum = check_momentum(momentum)
+    if spec.fixed_momentum is not None:
+        if momentum is not None and momentum != spec.fixed_momentum:
+            raise ValueError(
+                f"regime {regime!r} fixes momentum at {spec.fixed_momentum}; got momentum={momentum!r} "
+                f"(drop the override, or use a regime that sweeps it: "
+                f"{', '.join(f'regime={r}' for r, s in REGIMES.items() if s.sweeps_momentum)})"
+            )
+        momentum = spec.fixed_momentum
+    unused = sorted(set(keys) - set(spec.keys))
+    if unused:
+        raise ValueError(
+            f"regime {regime!r} does not use {', '.join(unused)}; its keys: {', '.join(spec.keys)}"
+        )
+    values = {k: positive_number(keys.get(k, default), k) for k, default in spec.keys.items()}
+    return SGDSettings(
+        regime=regime, lr=float(spec.lr(values, batch_size)), momentum=float(momentum or 0.0),
+        batch_size=batch_size, halve_every_epochs=spec.halve_every_epochs,
+    )
+
+
+# ---------------------------------------------------------------------------- one run
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """Everything one run needs, validated, in the units the paper reasons in."""
+
+    data: DataSettings
+    model: str
+    sgd: SGDSettings
+    train: TrainSettings
+    adversarial: AdversarialSettings = field(default_factory=AdversarialSettings)
+    hessian: HessianSettings = field(default_factory=HessianSettings)
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        check_divides(self.data.batch_size, self.train.devices)
+
+    def cell(self) -> dict[str, Any]:
+        """The grid coordinates of this run (the report's row keys)."""
+        return {
+            "dataset": self.data.dataset, "model": self.model, "regime": self.sgd.regime,
+            "batch_size": self.sgd.batch_size, "momentum": self.sgd.momentum, "lr": self.sgd.lr,
+            "seed": self.train.seed, "epochs": self.train.epochs,
+        }
+
+
+SECTIONS = (DataSettings, TrainSettings, AdversarialSettings, HessianSettings)
+"""The settings classes whose fields are config keys."""
