@@ -23,10 +23,10 @@ import torch.nn.functional as F
 import torchattacks
 from torch import Tensor, nn
 
-from robusthp.attacks import default_alpha, pgd
+from robusthp.attacks import DEFAULT_PGD_STEPS, default_alpha, pgd
 from robusthp.models import build_model
 
-EPS, STEPS = 0.3, 40
+EPS, STEPS = 0.3, DEFAULT_PGD_STEPS  # 40
 MNIST_MEAN, MNIST_STD = (0.1307,), (0.3081,)
 REPO = Path(__file__).resolve().parents[1]
 

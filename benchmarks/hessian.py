@@ -37,7 +37,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from robusthp.hessian import HessianResult, top_eigenvalues
+from robusthp.hessian import HessianResult, pyhessian_relative_change, top_eigenvalues
 from robusthp.models import build_model
 
 MNIST_MEAN, MNIST_STD = (0.1307,), (0.3081,)
@@ -140,8 +140,7 @@ def trace_pyhessian(model, data, lam: float, args) -> Traced:
 def pyhessian_stop(history: list[float], tol: float) -> int:
     """How many products PyHessian (top_n=1) takes with this tol; it returns history[k - 2]."""
     for k in range(2, len(history) + 1):
-        prev, value = history[k - 2], history[k - 1]
-        if abs(prev - value) / (abs(prev) + 1e-6) < tol:
+        if pyhessian_relative_change(history[k - 2], history[k - 1]) < tol:
             return k
     raise ValueError("trace too short")
 
@@ -192,7 +191,7 @@ def by_tolerance(model, data, traces, default: HessianResult, lam: float, target
         line(f"pyhessian tol {tol:g}, largest to {target:g} (traced)", value, lam, k, seconds)
         knob["pyhessian"] = (k, seconds)
     for tol in (1e-1, 1e-2, 1e-3):  # lanczos: measured runs (tol 1e-3 is the default run)
-        r = default if tol == 1e-3 else top_eigenvalues(model, data, tol=tol)
+        r = default if tol == 1e-3 else top_eigenvalues(model, data, backend="lanczos", tol=tol)
         if rel_err(r.top, lam) <= target:
             line(f"lanczos tol {tol:g}, largest to {target:g}", r.top, lam, r.num_hvp, r.seconds)
             knob["lanczos"] = (r.num_hvp, r.seconds)

@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import csv
 import importlib
+import random
 from pathlib import Path
+from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -189,6 +192,39 @@ def test_several_eps_keys(tmp_path):
         assert cb.results[f"{attack}_acc@0.2"] <= cb.results[f"{attack}_acc@0.05"]
     logged = logged_metrics(trainer)
     assert {"adv/pgd_acc@0.05", "adv/pgd_acc@0.2", "adv/pgd_acc", "adv/clean_acc"} <= set(logged)
+
+
+def test_skips_an_interrupted_fit_and_other_ranks():
+    """The skip rules shared with HessianEigenvalues: nothing runs, no data is looked for."""
+    _, Net, _ = user_classes("lightning.pytorch")
+    cb = small_callback(on=("fit_end", "test_end"))
+    module = Net()
+    cb.on_train_end(SimpleNamespace(interrupted=True, is_global_zero=True), module)
+    cb.on_train_end(SimpleNamespace(interrupted=False, is_global_zero=False), module)
+    cb.on_test_epoch_end(SimpleNamespace(interrupted=False, is_global_zero=False), module)
+    assert cb.results == {}
+
+
+def test_global_rngs_left_as_found():
+    """A loader that draws from torch's, Python's and NumPy's global RNGs: all restored."""
+    _, Net, _ = user_classes("lightning.pytorch")
+    x, y = synthetic(32, seed=2)
+
+    def drawing_loader():
+        for i in range(0, 32, 16):
+            torch.rand(1), random.random(), np.random.rand()
+            yield x[i : i + 16], y[i : i + 16]
+
+    cb, model = small_callback(attacks="fgsm", num_samples=None), Net().net
+    random.seed(1)
+    np.random.seed(1)
+    states = torch.get_rng_state(), random.getstate(), np.random.get_state()
+    cb.evaluate(model, drawing_loader())
+    assert torch.equal(torch.get_rng_state(), states[0])
+    assert random.getstate() == states[1]
+    after = np.random.get_state()
+    assert after[0] == states[2][0] and np.array_equal(after[1], states[2][1])
+    assert after[2:] == states[2][2:]
 
 
 def test_no_data_raises_when_it_runs(tmp_path):

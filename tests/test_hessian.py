@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import importlib
+
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from robusthp.hessian import backends, hutchinson_trace, top_eigenvalues
+from robusthp.hessian import backends, top_eigenvalues
 
 BACKENDS = backends()
 TIGHT = {"tol": 1e-9, "max_iter": 400}
@@ -67,7 +69,7 @@ def test_top_eigenvalue_matches_dense(backend, reuse_graph):
 def test_lanczos_top3_match_dense_and_converge_fast():
     model, batches = mlp(), two_batches()
     dense = dense_eigenvalues(mlp(), batches)
-    res = top_eigenvalues(model, batches, top_n=3, **TIGHT)
+    res = top_eigenvalues(model, batches, top_n=3, backend="lanczos", **TIGHT)
     torch.testing.assert_close(
         torch.tensor(res.eigenvalues, dtype=torch.float64), dense[:3], rtol=1e-6, atol=0
     )
@@ -160,13 +162,46 @@ def test_side_effects(backend):
     assert rel(res.top, ref.top) < 1e-5
 
 
-def test_unused_parameters_match_dense():
-    model = nn.ModuleDict({"net": mlp(), "unused": nn.Linear(2, 2).double()})
-    batches = two_batches()
+class WithUnused(nn.Module):
+    """``net`` and a Linear that ``forward`` never calls: trainable, it gets no gradient."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net, self.unused = net, nn.Linear(2, 2).to(next(net.parameters()).dtype)
+
+    def forward(self, x):
+        return self.net(x)
+
+
+@pytest.mark.parametrize("reuse_graph", [True, False])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_unused_parameters_match_dense(backend, reuse_graph):
+    """The Hessian of a model with a grad-less parameter is its used part's."""
+    model, batches = WithUnused(mlp()), two_batches()
     dense = dense_eigenvalues(mlp(), batches)
-    for backend in BACKENDS:
-        res = top_eigenvalues(model["net"], batches, backend=backend, **TIGHT)
-        assert rel(res.top, dense[0].item()) < 1e-3
+    res = top_eigenvalues(model, batches, backend=backend, reuse_graph=reuse_graph, **TIGHT)
+    assert rel(res.top, dense[0].item()) < 1e-3 and res.converged
+    for p in model.unused.parameters():
+        assert p.requires_grad and p.grad is None
+
+
+@pytest.mark.parametrize("reuse_graph", [True, False])
+def test_unused_parameters_add_no_zero_eigenvalue(reuse_graph):
+    """Lanczos returns the algebraically largest eigenvalues: were the zero rows of a
+    grad-less parameter in its Hessian, a concave loss's top eigenvalue would read 0."""
+    torch.manual_seed(0)
+    model = WithUnused(nn.Linear(4, 1).double())
+    g = torch.Generator().manual_seed(3)
+    x, t = torch.randn(20, 5, generator=g, dtype=torch.float64).split([4, 1], dim=1)
+
+    def loss_fn(out, t):  # concave: H = -2/N A^T A, A = [x 1]
+        return -((out - t) ** 2).mean()
+
+    res = top_eigenvalues(model, [(x, t)], backend="lanczos", loss_fn=loss_fn,
+                          reuse_graph=reuse_graph, **TIGHT)
+    a = torch.cat([x, torch.ones(20, 1, dtype=torch.float64)], 1)  # the weights and the bias
+    expected = -2 / 20 * torch.linalg.eigvalsh(a.T @ a)[0].item()
+    assert expected < 0 and rel(res.top, expected) < 1e-6
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -183,11 +218,12 @@ def test_works_under_inference_mode(backend):
     assert res2.top == pytest.approx(expected, rel=1e-6)
 
 
-def test_seed_is_private_and_deterministic():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_seed_is_private_and_deterministic(backend):
     model, batches = trained_cnn(), image_batches()
-    a = top_eigenvalues(model, batches, seed=3, tol=1e-2)
+    a = top_eigenvalues(model, batches, backend=backend, seed=3, tol=1e-2)
     torch.manual_seed(999)  # the global RNG plays no part
-    b = top_eigenvalues(model, batches, seed=3, tol=1e-2)
+    b = top_eigenvalues(model, batches, backend=backend, seed=3, tol=1e-2)
     assert a.eigenvalues == b.eigenvalues and a.num_hvp == b.num_hvp
 
 
@@ -201,36 +237,29 @@ def test_on_hvp_counts_products(backend):
     assert res.top == (res.history[-1] if backend == "lanczos" else res.history[-2])
 
 
-def test_max_iter_caps_work_and_reports_not_converged():
-    res = top_eigenvalues(mlp(), two_batches(), top_n=2, max_iter=3, tol=1e-12)
-    assert res.num_hvp == 3 and not res.converged and len(res.eigenvalues) == 2
+@pytest.mark.parametrize("reuse_graph", [True, False])
+def test_pyhessian_module_is_left_alone(reuse_graph):
+    """Counting PyHessian's products patches nothing: other users of it see it unchanged."""
+    import pyhessian.utils
 
+    module = importlib.import_module("pyhessian.hessian")  # the package re-exports the class
+    methods = dict(vars(module.hessian))
+    untouched = []
 
-def test_hutchinson_trace_is_exact_average_of_quadratic_forms():
-    model, batches = mlp(), two_batches()
-    named = list(model.parameters())
-    dim = sum(p.numel() for p in named)
-    flat0 = torch.cat([p.detach().reshape(-1) for p in named])
-    total = 17
-
-    def loss(flat):
-        params, i = {}, 0
-        for name, p in model.named_parameters():
-            params[name] = flat[i : i + p.numel()].view(p.shape)
-            i += p.numel()
-        return sum(
-            len(y) / total * F.cross_entropy(functional_call(model, params, (x,)), y)
-            for x, y in batches
+    def check(_count):
+        untouched.append(
+            module.hessian_vector_product is pyhessian.utils.hessian_vector_product
+            and dict(vars(module.hessian)) == methods
         )
 
-    hess = torch.autograd.functional.hessian(loss, flat0)
-    res = hutchinson_trace(model, batches, max_iter=20, tol=1e-15, seed=4)
-    gen = torch.Generator().manual_seed(4)
-    vs = [torch.randint(0, 2, (dim,), generator=gen).double() * 2 - 1 for _ in range(20)]
-    expected = sum(float(v @ hess @ v) for v in vs) / 20
-    assert res.num_hvp == 20
-    assert res.trace == pytest.approx(expected, rel=1e-9)
-    assert abs(res.trace - torch.trace(hess).item()) < 5 * res.std_err + 1e-9
+    top_eigenvalues(mlp(), two_batches(), backend="pyhessian", reuse_graph=reuse_graph,
+                    on_hvp=check)
+    assert untouched and all(untouched)
+
+
+def test_max_iter_caps_work_and_reports_not_converged():
+    res = top_eigenvalues(mlp(), two_batches(), top_n=2, max_iter=3, tol=1e-12, backend="lanczos")
+    assert res.num_hvp == 3 and not res.converged and len(res.eigenvalues) == 2
 
 
 @pytest.mark.parametrize(
@@ -252,8 +281,6 @@ def test_bad_input(kwargs, match):
 def test_no_batches():
     with pytest.raises(ValueError, match="no data"):
         top_eigenvalues(mlp(), [])
-    with pytest.raises(ValueError, match="no data"):
-        hutchinson_trace(mlp(), [])
 
 
 @pytest.mark.gpu

@@ -17,7 +17,8 @@ Contract shared by every attack here:
 Defaults and why (Kamath et al. evaluate on test inputs, L-inf, the eps of Yao et al.):
 
 - ``eps``: no default; the paper uses 0.3 for MNIST/Fashion-MNIST and 0.02 for CIFAR-10.
-- ``steps = 40`` for PGD (the paper's Appendix A).
+- ``steps = 40`` for PGD (the paper's Appendix A); ``DEFAULT_PGD_STEPS``, from
+  ``robusthp.settings.AdversarialSettings`` (the callback's and the CLI's default too).
 - ``alpha = 2.5 * eps / steps`` when not given (Madry et al. 2018's rule of thumb:
   enough step budget to cross the eps-ball 2.5 times). The paper states no step
   size. For eps 0.3 and 40 steps this gives 0.01875; Madry et al.'s own MNIST
@@ -52,6 +53,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from robusthp.settings import AdversarialSettings
 from robusthp.side_effects import eval_mode, fp32, gradients_on
 
 __all__ = [
@@ -69,7 +71,7 @@ __all__ = [
 ]
 
 PIXEL_TOL = 1e-5  # x may exceed [0, 1] by this much (float rounding of a normalization)
-DEFAULT_PGD_STEPS = 40  # Kamath et al., Appendix A
+DEFAULT_PGD_STEPS = AdversarialSettings.pgd_steps  # 40, Kamath et al., Appendix A
 ALPHA_EPS_BUDGET = 2.5  # Madry et al.: alpha = 2.5 * eps / steps
 
 # (model, x, y) -> x_adv, once the attack's own settings are bound (functools.partial)

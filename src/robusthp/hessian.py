@@ -17,9 +17,14 @@ Backends (``top_eigenvalues(..., backend=...)``):
   names: power iteration with deflation. It returns the eigenvalues of *largest magnitude*
   (the same as ours whenever the top eigenvalue dominates the most negative one, as after
   training). Its side effects (eval mode left on, global RNG draws, ``.grad`` writes, CUDA
-  forced, crash on parameters without gradient) are absorbed here. To count its products,
-  a call patches ``pyhessian.hessian.hessian_vector_product`` for its duration (not
-  thread-safe: run one pyhessian call at a time per process).
+  forced, crash on parameters without gradient) are absorbed here. Its products are
+  counted by a subclass of its ``hessian`` class (``_counted_pyhessian_class``); the
+  pyhessian module itself is never modified, so other users of it are unaffected (torch's
+  global RNG, which PyHessian draws its start vectors from, is seeded for the call and
+  restored after it).
+
+``top_eigenvalues``' defaults (backend, top_n, max_iter, tol) are
+``robusthp.settings.HessianSettings``', the same as the callback's and the CLI's.
 
 Only parameters with ``requires_grad`` that receive a gradient enter the Hessian; the zero
 rows of unused parameters are left out (so are their zero eigenvalues).
@@ -31,7 +36,7 @@ most); ``reuse_graph=True`` keeps the double-backward graph of every batch alive
 from __future__ import annotations
 
 import contextlib
-import importlib
+import functools
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -41,6 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from robusthp.settings import HESSIAN_BACKENDS, HessianSettings
 from robusthp.side_effects import detached_copy, eval_mode, fp32, gradients_on, preserved_grads
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -71,16 +77,6 @@ class HessianResult:
     @property
     def top(self) -> float:
         return self.eigenvalues[0]
-
-
-@dataclass
-class TraceResult:
-    """Hutchinson estimate of tr(H): mean of v^T H v over Rademacher v, and its standard error."""
-
-    trace: float
-    std_err: float
-    num_hvp: int
-    seconds: float = 0.0
 
 
 # --------------------------------------------------------------------------- HVP machinery
@@ -259,54 +255,77 @@ def _frozen(params: Sequence[nn.Parameter]) -> Iterator[None]:
             p.requires_grad_(flag)
 
 
-@contextlib.contextmanager
-def _counted_pyhessian(h, record: list[float], on_hvp) -> Iterator[None]:
-    """Count PyHessian's HVPs and record each Rayleigh quotient it computes.
+@functools.cache
+def _counted_pyhessian_class() -> type:
+    """A subclass of PyHessian 0.1's ``hessian`` that reports every HVP it makes.
 
-    Single-batch mode calls the module-level ``hessian_vector_product`` (patched for the
-    duration); dataloader mode calls the instance's ``dataloader_hv_product`` (wrapped).
+    ``hessian.eigenvalues`` makes its products in one of two places: in dataloader mode it
+    calls the method ``dataloader_hv_product``, in single-batch mode it calls the module
+    function ``pyhessian.utils.hessian_vector_product`` inline and takes the Rayleigh quotient
+    with ``group_product``. So that one overridable method sees every product (no patching
+    of the pyhessian module, which other code may be using), an instance always takes the
+    dataloader branch (``full_dataset = True`` once constructed) and, in single-batch mode,
+    its ``dataloader_hv_product`` runs exactly the inline branch's two calls: the same
+    products, eigenvalues and counts as plain PyHessian.
     """
-    ph = importlib.import_module("pyhessian.hessian")  # the module; the package re-exports a class
+    from pyhessian import hessian as PyHessian  # the class; the package re-exports it
+    from pyhessian.utils import group_product, hessian_vector_product
 
-    plain, loader = ph.hessian_vector_product, h.dataloader_hv_product
+    class CountedPyHessian(PyHessian):
+        def __init__(self, *args, on_product: Callable[[float], None], **kwargs):
+            super().__init__(*args, **kwargs)
+            self._single_batch, self.full_dataset = not self.full_dataset, True
+            self._on_product = on_product
 
-    def step(value: float) -> None:
-        record.append(value)
-        if on_hvp is not None:
-            on_hvp(len(record))
+        def dataloader_hv_product(self, v):
+            if self._single_batch:  # = the single-batch branch of hessian.eigenvalues
+                hv = hessian_vector_product(self.gradsH, self.params, v)
+                value = group_product(hv, v).cpu().item()
+            else:
+                value, hv = super().dataloader_hv_product(v)
+            self._on_product(value)
+            return value, hv
 
-    def plain_counted(grads, params, v):
-        hv = plain(grads, params, v)
-        step(float(sum((a * b).sum() for a, b in zip(hv, v, strict=True))))
-        return hv
-
-    def loader_counted(v):
-        value, hv = loader(v)
-        step(value)
-        return value, hv
-
-    ph.hessian_vector_product, h.dataloader_hv_product = plain_counted, loader_counted
-    try:
-        yield
-    finally:
-        ph.hessian_vector_product = plain
-        del h.dataloader_hv_product
+    return CountedPyHessian
 
 
-def _replay_power_iteration(record: list[float], top_n: int, max_iter: int, tol: float) -> list:
-    """PyHessian's per-eigenvalue last relative change, replaying its stopping rule."""
+def pyhessian_relative_change(prev: float, new: float) -> float:
+    """PyHessian 0.1's convergence measure between successive power-iteration estimates:
+    ``hessian.eigenvalues`` stops once it is below tol (and returns ``prev``)."""
+    return abs(prev - new) / (abs(prev) + 1e-6)
+
+
+def _pyhessian_changes(record: list[float], top_n: int, max_iter: int, tol: float) -> list:
+    """Per eigenvalue, the last relative change PyHessian computed (its residual).
+
+    PyHessian returns no convergence information, only the eigenvalues. ``record`` is the
+    Rayleigh quotient of every product, in order, for all ``top_n`` eigenvalues; this
+    splits it per eigenvalue by replaying the stopping rule of PyHessian 0.1's
+    ``hessian.eigenvalues`` (pyhessian/hessian.py): at most ``maxIter`` products per
+    eigenvalue, stop after the product whose ``pyhessian_relative_change`` from the
+    previous estimate is below ``tol``. If a pyhessian version stops
+    differently, the replay does not use up ``record`` exactly and this raises.
+    """
+    mismatch = RuntimeError(
+        f"PyHessian's {len(record)} products do not follow its 0.1 stopping rule: "
+        "robusthp.hessian._pyhessian_changes needs updating for this pyhessian version"
+    )
     changes, i = [], 0
     for _ in range(top_n):
         prev, change = None, float("inf")
         for _ in range(max_iter):
+            if i == len(record):
+                raise mismatch
             value = record[i]
             i += 1
             if prev is not None:
-                change = abs(prev - value) / (abs(prev) + 1e-6)
+                change = pyhessian_relative_change(prev, value)
                 if change < tol:
                     break
             prev = value
         changes.append(change)
+    if i != len(record):
+        raise mismatch
     return changes
 
 
@@ -321,8 +340,6 @@ def _pyhessian(
     reuse_graph,
     on_hvp,
 ) -> tuple:
-    from pyhessian import hessian as PyHessian
-
     device = hvp.device
     if device.type not in ("cpu", "cuda"):
         raise ValueError(f"backend 'pyhessian' runs on cpu or cuda only, the model is on {device}")
@@ -332,7 +349,13 @@ def _pyhessian(
     if reuse_graph and len(batches) > 1:  # one batch = PyHessian's graph-reusing mode
         batches = [(torch.cat([x for x, _ in batches]), torch.cat([y for _, y in batches]))]
     source = {"data": batches[0]} if len(batches) == 1 else {"dataloader": batches}
-    record: list[float] = []
+    record: list[float] = []  # the Rayleigh quotient of each product, in order
+
+    def on_product(value: float) -> None:
+        record.append(value)
+        if on_hvp is not None:
+            on_hvp(len(record))
+
     rng_devices = (
         [device.index if device.index is not None else torch.cuda.current_device()] if cuda else []
     )
@@ -344,16 +367,17 @@ def _pyhessian(
         stack.enter_context(warnings.catch_warnings())
         warnings.filterwarnings("ignore", message="Using backward\\(\\) with create_graph=True")
         torch.default_generator.manual_seed(seed)  # PyHessian draws randn on the CPU
-        h = PyHessian(model, hvp.loss_fn, cuda=cuda, **source)
-        with _counted_pyhessian(h, record, on_hvp):
-            values, _ = h.eigenvalues(maxIter=max_iter, tol=tol, top_n=top_n)
+        h = _counted_pyhessian_class()(
+            model, hvp.loss_fn, cuda=cuda, on_product=on_product, **source
+        )
+        values, _ = h.eigenvalues(maxIter=max_iter, tol=tol, top_n=top_n)
         del h  # drops its create_graph gradients (preserved_grads resets .grad)
-    return values, _replay_power_iteration(record, top_n, max_iter, tol), record
+    return values, _pyhessian_changes(record, top_n, max_iter, tol), record
 
 
 # --------------------------------------------------------------------------- public API
 
-_BACKENDS = ("lanczos", "pyhessian")
+_BACKENDS = tuple(sorted(HESSIAN_BACKENDS))  # ("lanczos", "pyhessian")
 
 
 def backends() -> tuple[str, ...]:
@@ -389,10 +413,10 @@ def _hessian_context(model: nn.Module) -> Iterator[None]:
 def top_eigenvalues(
     model: nn.Module,
     batches: Sequence[Batch],
-    top_n: int = 1,
-    backend: str = "lanczos",
-    max_iter: int = 100,
-    tol: float = 1e-3,
+    top_n: int = HessianSettings.top_n,
+    backend: str = HessianSettings.backend,
+    max_iter: int = HessianSettings.max_iter,
+    tol: float = HessianSettings.tol,
     seed: int = 0,
     loss_fn: LossFn | None = None,
     reuse_graph: bool = True,
@@ -406,7 +430,9 @@ def top_eigenvalues(
       to the model's device once. Inference tensors are fine (works under inference_mode).
     loss_fn: mean-reduced loss(logits, y); default cross-entropy. The loss of several batches
       is the size-weighted mean.
-    backend: "lanczos" (algebraically largest) or "pyhessian" (largest magnitude; see module).
+    backend: "pyhessian" (the default, as the callback's and the CLI's: largest magnitude;
+      see module) or "lanczos" (algebraically largest, fewer HVPs).
+    top_n, max_iter, tol: defaults 1, 100, 1e-3 (``HessianSettings``).
     max_iter: lanczos, HVPs at most; pyhessian, power iterations per eigenvalue.
     tol: lanczos, relative Ritz residual |beta_k s_k| / |theta|; pyhessian, relative change
       between successive estimates. seed: the random start vector (never the global RNG).
@@ -445,42 +471,3 @@ def top_eigenvalues(
         history=[float(v) for v in history],
     )
 
-
-def hutchinson_trace(
-    model: nn.Module,
-    batches: Sequence[Batch],
-    max_iter: int = 100,
-    tol: float = 1e-3,
-    seed: int = 0,
-    loss_fn: LossFn | None = None,
-    reuse_graph: bool = True,
-) -> TraceResult:
-    """Hutchinson's estimate of tr(H) = E[v^T H v], v Rademacher from a private generator.
-
-    Stops when the running mean changes by less than ``tol`` (relative) or after
-    ``max_iter`` HVPs (as PyHessian's ``trace``). Same contract and side-effect guarantees
-    as ``top_eigenvalues``.
-    """
-    _check(1, max_iter, tol, "lanczos", batches)
-    loss_fn = loss_fn or F.cross_entropy
-    start = time.perf_counter()
-    gen = torch.Generator().manual_seed(seed)
-    samples: list[float] = []
-    with _hessian_context(model):
-        data = _on_device(batches, next(model.parameters()).device)
-        hvp = _HVP(model, data, loss_fn, reuse_graph)
-        mean = 0.0
-        for _ in range(max_iter):
-            v = torch.randint(0, 2, (hvp.dim,), generator=gen).to(hvp.device, hvp.dtype) * 2 - 1
-            samples.append(float(hvp(v) @ v))
-            new = sum(samples) / len(samples)
-            if len(samples) > 1 and abs(new - mean) / (abs(mean) + 1e-6) < tol:
-                mean = new
-                break
-            mean = new
-        del hvp
-    n = len(samples)
-    spread = torch.tensor(samples, dtype=torch.float64).std().item() if n > 1 else float("nan")
-    return TraceResult(
-        trace=mean, std_err=spread / n**0.5, num_hvp=n, seconds=time.perf_counter() - start
-    )

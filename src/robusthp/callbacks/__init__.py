@@ -2,6 +2,10 @@
 
     from robusthp.callbacks import AdversarialRobustness, HessianEigenvalues
     trainer = pl.Trainer(callbacks=[AdversarialRobustness(eps=0.3), HessianEigenvalues(top_n=1)])
+
+Each works with ``pytorch_lightning`` and ``lightning.pytorch`` Trainers alike. Both share
+one implementation of hooks, skip rules, data resolution, RNG guard, progress bar and
+argument checks (``_lightning.py``); their defaults are ``robusthp.settings``'. No Hydra.
 """
 
 from robusthp.callbacks.adversarial import AdversarialRobustness

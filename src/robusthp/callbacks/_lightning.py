@@ -1,24 +1,40 @@
-"""What every robusthp callback needs to serve *any* Lightning project.
+"""What every robusthp callback needs to serve *any* Lightning project, in one place.
 
 Users write ``import pytorch_lightning as pl`` or ``import lightning.pytorch as pl``;
-the two are distinct copies, and a Trainer only accepts callbacks of its own
-namespace (see ../shared/STACK.md). So each public callback is one class that
-subclasses a Lightning-free logic mixin *and* every ``Callback`` class that
-imports here. Nothing in this module imports Hydra.
+``pytorch_lightning`` and ``lightning.pytorch`` are distinct copies of Lightning (neither
+re-exports the other's classes), and a Trainer accepts only callbacks that subclass the
+``Callback`` of its own namespace (tests/test_callback_*.py run both). So each public
+callback is one class that subclasses a Lightning-free logic mixin *and* every
+``Callback`` class that imports here.
+
+Both callbacks (``AdversarialRobustness``, ``HessianEigenvalues``) share from here, so
+they cannot drift apart: the hooks they run in and when they skip (``StageHooks``), where
+their data comes from (``resolve_loader``), how samples are taken without touching the
+global RNGs (``gather_batches``), their progress bar (``progress_bar``) and the checks of
+their common arguments (``check_common``). Nothing in this module imports Hydra.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
-from collections.abc import Callable, Iterable, Mapping, Sequence
+import random
+import sys
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import torch
+
+from robusthp.settings import Check, integer
 
 log = logging.getLogger(__name__)
 
 _NAMESPACES = ("pytorch_lightning", "lightning.pytorch")
+
+BatchToXY = Callable[[Any], tuple[torch.Tensor, torch.Tensor]]
+ProgressFn = Callable[[int, int | None], None]  # progress(done, total or None)
 
 # When a robusthp callback may run (its ``on=``), and the Lightning hook it runs in.
 # "fit_end" is on_train_end: the module is still on its device and gradients are on
@@ -40,6 +56,35 @@ def callback_bases() -> tuple[type, ...]:
     return tuple(bases)
 
 
+# ---------------------------------------------------------------------------- hooks
+
+
+def should_run(trainer: Any, stage: str) -> bool:
+    """The skip rules of every robusthp callback: only global rank zero computes, and an
+    interrupted fit (Ctrl-C, an exception) is not evaluated at its end."""
+    if not getattr(trainer, "is_global_zero", True):
+        return False
+    return not (stage == "fit_end" and getattr(trainer, "interrupted", False))
+
+
+class StageHooks:
+    """The Lightning hooks of ``STAGES``; each calls ``run_stage`` when its stage is in
+    ``self.on`` and ``should_run`` allows it."""
+
+    on: tuple[str, ...]
+
+    def on_train_end(self, trainer: Any, pl_module: torch.nn.Module) -> None:
+        if "fit_end" in self.on and should_run(trainer, "fit_end"):
+            self.run_stage(trainer, pl_module, "fit_end")
+
+    def on_test_epoch_end(self, trainer: Any, pl_module: torch.nn.Module) -> None:
+        if "test_end" in self.on and should_run(trainer, "test_end"):
+            self.run_stage(trainer, pl_module, "test_end")
+
+    def run_stage(self, trainer: Any, pl_module: torch.nn.Module, stage: str) -> None:
+        raise NotImplementedError
+
+
 def log_to_loggers(trainer: Any, metrics: Mapping[str, float]) -> None:
     """Send metrics to every logger of the trainer, on global rank zero only.
 
@@ -51,6 +96,51 @@ def log_to_loggers(trainer: Any, metrics: Mapping[str, float]) -> None:
     clean = {k: float(v) for k, v in metrics.items()}
     for logger in getattr(trainer, "loggers", []) or []:
         logger.log_metrics(clean, step=trainer.global_step)
+
+
+# ---------------------------------------------------------------------------- arguments
+
+
+def check_value(owner: str, check: Check, value: Any, key: str) -> Any:
+    """``check(value, key)`` from ``robusthp.settings`` (the coerced value), its ValueError
+    prefixed with ``owner`` (the callback's name)."""
+    try:
+        return check(value, key)
+    except ValueError as err:
+        raise ValueError(f"{owner}: {err}") from None
+
+
+def check_stages(owner: str, on: str | Sequence[str]) -> tuple[str, ...]:
+    """``on=`` as a tuple of ``STAGES`` names (one string is one stage)."""
+    stages = (on,) if isinstance(on, str) else tuple(on)
+    valid = ", ".join(STAGES)
+    if not stages:
+        raise ValueError(f"{owner}: on= must name at least one stage; valid: {valid}")
+    bad = [s for s in stages if s not in STAGES]
+    if bad:
+        raise ValueError(f"{owner}: unknown stage {bad[0]!r} in on={on!r}; valid: {valid}")
+    return stages
+
+
+def check_common(
+    owner: str,
+    *,
+    on: str | Sequence[str],
+    num_samples: int | None,
+    batch_size: int | None,
+    batch_to_xy: BatchToXY | None,
+) -> tuple[tuple[str, ...], int | None, int | None, BatchToXY]:
+    """The arguments every callback takes, checked: (stages, num_samples, batch_size,
+    batch_to_xy or ``default_batch_to_xy``). num_samples, batch_size: None or >= 1."""
+    stages = check_stages(owner, on)
+    num_samples = check_value(owner, integer(1, optional=True), num_samples, "num_samples")
+    batch_size = check_value(owner, integer(1, optional=True), batch_size, "batch_size")
+    if batch_to_xy is not None and not callable(batch_to_xy):
+        raise TypeError(f"{owner}: batch_to_xy must be callable(batch) -> (x, y); got {batch_to_xy!r}")
+    return stages, num_samples, batch_size, batch_to_xy or default_batch_to_xy
+
+
+# ---------------------------------------------------------------------------- data
 
 
 def default_batch_to_xy(batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
@@ -68,10 +158,76 @@ def default_batch_to_xy(batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
     )
 
 
+def resolve_loader(
+    trainer: Any,
+    owner: str,
+    dataloader: Iterable[Any] | None,
+    names: Sequence[str],
+    running: str | None = None,
+) -> tuple[Iterable[Any], str]:
+    """The data a callback evaluates on, and where it came from, in this order:
+
+    1. ``dataloader`` as given to the callback (source ``"dataloader="``);
+    2. the first of the trainer's datamodule's methods ``names`` that exists and returns
+       a loader (source: that name);
+    3. the trainer's attribute ``running`` (the loader(s) of the running fit or test; the
+       first one; source ``"trainer.<running>"``).
+    """
+    if dataloader is not None:
+        return dataloader, "dataloader="
+    dm = getattr(trainer, "datamodule", None)
+    for name in names:
+        fn = getattr(dm, name, None) if dm is not None else None
+        if not callable(fn):
+            continue
+        try:
+            loader = fn()
+        except Exception as err:
+            raise RuntimeError(
+                f"{owner}: the datamodule's {name}() failed ({type(err).__name__}: {err}); "
+                "pass dataloader= to the callback"
+            ) from err
+        if loader is not None:
+            return loader, name
+    if running is not None:
+        loader = _first_loader(getattr(trainer, running, None))
+        if loader is not None:
+            return loader, f"trainer.{running}"
+    wanted = " or ".join(f"{n}()" for n in names)
+    raise ValueError(
+        f"{owner}: no data to evaluate on: pass dataloader= to the callback "
+        f"or give the Trainer a datamodule with {wanted}"
+    )
+
+
+def _first_loader(loaders: Any) -> Iterable[Any] | None:
+    if isinstance(loaders, (list, tuple)):
+        return loaders[0] if loaders else None
+    if isinstance(loaders, Mapping):
+        return next(iter(loaders.values()), None)
+    return loaders
+
+
+@contextlib.contextmanager
+def global_rng_untouched() -> Iterator[None]:
+    """Restore torch's CPU, Python's ``random`` and NumPy's global RNG states on exit.
+
+    Iterating a DataLoader draws its base seed from torch's global generator (shuffled or
+    not), and augmentations in the main process may draw from any of the three.
+    """
+    py_state, np_state = random.getstate(), np.random.get_state()
+    try:
+        with torch.random.fork_rng(devices=[]):
+            yield
+    finally:
+        random.setstate(py_state)
+        np.random.set_state(np_state)
+
+
 def take_samples(
     loader: Iterable[Any],
     num_samples: int | None,
-    batch_to_xy: Callable[[Any], tuple[torch.Tensor, torch.Tensor]],
+    batch_to_xy: BatchToXY,
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """The first ``num_samples`` (x, y) pairs of ``loader`` as batches (all when None)."""
     batches, seen = [], 0
@@ -88,16 +244,6 @@ def take_samples(
     return batches
 
 
-def datamodule_loader(trainer: Any, names: tuple[str, ...]) -> Iterable[Any] | None:
-    """The first loader a trainer's datamodule offers among ``names`` (None if none)."""
-    dm = getattr(trainer, "datamodule", None)
-    for name in names:
-        fn = getattr(dm, name, None) if dm is not None else None
-        if callable(fn):
-            return fn()
-    return None
-
-
 def rebatch(
     batches: Sequence[tuple[torch.Tensor, torch.Tensor]], batch_size: int | None
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -107,3 +253,41 @@ def rebatch(
     x = torch.cat([b[0] for b in batches])
     y = torch.cat([b[1] for b in batches])
     return list(zip(x.split(batch_size), y.split(batch_size), strict=True))
+
+
+def gather_batches(
+    loader: Iterable[Any],
+    num_samples: int | None,
+    batch_to_xy: BatchToXY,
+    batch_size: int | None,
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """``take_samples`` with the global RNGs left as found, re-batched to ``batch_size``."""
+    with global_rng_untouched():
+        batches = take_samples(loader, num_samples, batch_to_xy)
+    return rebatch(batches, batch_size)
+
+
+# ---------------------------------------------------------------------------- progress
+
+
+@contextlib.contextmanager
+def progress_bar(enabled: bool, description: str) -> Iterator[ProgressFn]:
+    """A transient rich progress bar on stderr, fed by ``progress(done, total)`` calls
+    (total None: unknown). Shown only when ``enabled`` and stderr is a terminal, so logs
+    and captured output get no bar; otherwise the updates do nothing."""
+    isatty = getattr(sys.stderr, "isatty", None)
+    if not (enabled and callable(isatty) and isatty()):
+        yield lambda done, total: None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TimeElapsedColumn())
+    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task(description, total=None)
+
+        def update(done: int, total: int | None) -> None:
+            bar.update(task, completed=done, total=total)
+
+        yield update

@@ -8,10 +8,13 @@
 
 The module's ``forward`` must map ``[0, 1]`` pixels to logits (normalization inside).
 Runs once at the end of fit (``on_train_end``: the module is still on its device;
-``on_fit_end`` comes after Lightning moved it to the CPU) and/or at the end of
-test (``on_test_epoch_end``, where inference mode is switched off for the attack).
-Data: ``dataloader=`` if given, else the datamodule's ``test_dataloader()``, else
-(test stage) the loader given to ``trainer.test``. Only global rank zero computes.
+``on_fit_end`` comes after Lightning moved it to the CPU; skipped when the fit was
+interrupted) and/or at the end of test (``on_test_epoch_end``, where inference mode is
+switched off for the attack). Data: ``dataloader=`` if given, else the datamodule's
+``test_dataloader()``, else (test stage) the loader given to ``trainer.test``. Only
+global rank zero computes. Hooks, data, skip rules, progress bar and the common argument
+checks are shared with ``HessianEigenvalues`` (``_lightning.py``); the keyword defaults
+are ``robusthp.settings.AdversarialSettings``'.
 
 Result keys. One eps: ``clean_acc``, ``fgsm_acc``, ``pgd_acc``. Several eps: also
 ``fgsm_acc@<eps>``/``pgd_acc@<eps>`` for each eps (``f"{eps:g}"``, e.g. ``pgd_acc@0.1``),
@@ -19,24 +22,21 @@ and the plain keys hold the FIRST eps (the primary one, so readers of ``pgd_acc`
 whatever the list). Loggers get every accuracy key prefixed ``adv/``; ``self.results``
 also holds ``adversarial_time_s`` and ``adversarial_num_samples``.
 
-Leaves the model's train/eval flags, parameters' ``.grad`` and the global RNG as it
-found them (the data loader's base-seed draw is done under ``torch.random.fork_rng``).
+Leaves the model's train/eval flags, parameters' ``.grad`` and the global RNGs (torch's
+CPU, Python's, NumPy's) as it found them: the data loader's draws are undone.
 """
 
 from __future__ import annotations
 
 import logging
-import sys
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from robusthp.attacks import (
-    DEFAULT_PGD_STEPS,
     acc_key,
     bind,
     check_attack_args,
@@ -45,96 +45,66 @@ from robusthp.attacks import (
     robust_accuracy,
 )
 from robusthp.callbacks._lightning import (
-    STAGES,
+    BatchToXY,
+    StageHooks,
     callback_bases,
-    datamodule_loader,
-    default_batch_to_xy,
+    check_common,
+    check_value,
+    gather_batches,
     log_to_loggers,
-    rebatch,
-    take_samples,
+    progress_bar,
+    resolve_loader,
 )
+from robusthp.settings import AdversarialSettings, names
 from robusthp.side_effects import gradients_on
 
 log = logging.getLogger(__name__)
 
 LOG_PREFIX = "adv/"
-BatchToXY = Callable[[Any], tuple[Tensor, Tensor]]
+_OWNER = "AdversarialRobustness"
 
 
-class _AdversarialRobustnessLogic:
+class _AdversarialRobustnessLogic(StageHooks):
     """Lightning-free logic; ``AdversarialRobustness`` adds the Callback bases."""
 
     def __init__(
         self,
         eps: float | Sequence[float],
-        attacks: str | Sequence[str] = ("fgsm", "pgd"),
-        pgd_steps: int = DEFAULT_PGD_STEPS,
-        pgd_alpha: float | None = None,
-        random_start: bool = False,
-        num_samples: int | None = None,
+        attacks: str | Sequence[str] = AdversarialSettings.attacks,
+        pgd_steps: int = AdversarialSettings.pgd_steps,
+        pgd_alpha: float | None = AdversarialSettings.pgd_alpha,
+        random_start: bool = AdversarialSettings.random_start,
+        num_samples: int | None = AdversarialSettings.num_samples,
         dataloader: Iterable[Any] | None = None,
         batch_to_xy: BatchToXY | None = None,
         on: str | Sequence[str] = ("fit_end",),
         seed: int = 0,
-        batch_size: int | None = None,
+        batch_size: int | None = AdversarialSettings.batch_size,
         progress: bool = True,
     ) -> None:
         super().__init__()
         self.eps = _as_eps_list(eps)
-        self.attacks = _as_names(attacks, "attacks")
+        self.attacks = check_value(_OWNER, names, attacks, "attacks")
         for name in self.attacks:
             get_attack(name)  # unknown names raise, listing the valid ones
         check_attack_args(eps=self.eps[0], alpha=pgd_alpha, steps=pgd_steps)
         self.pgd_steps, self.pgd_alpha, self.random_start = pgd_steps, pgd_alpha, bool(random_start)
-        self.on = _as_names(on, "on")
-        for hook in self.on:
-            if hook not in STAGES:
-                raise ValueError(f"unknown hook {hook!r} in on=; valid: {', '.join(STAGES)}")
-        self.num_samples = _optional_positive_int(num_samples, "num_samples")
-        self.batch_size = _optional_positive_int(batch_size, "batch_size")
-        if batch_to_xy is not None and not callable(batch_to_xy):
-            raise TypeError(f"batch_to_xy must be callable(batch) -> (x, y); got {batch_to_xy!r}")
-        self.batch_to_xy = batch_to_xy or default_batch_to_xy
+        self.on, self.num_samples, self.batch_size, self.batch_to_xy = check_common(
+            _OWNER, on=on, num_samples=num_samples, batch_size=batch_size, batch_to_xy=batch_to_xy
+        )
         self.dataloader, self.seed, self.progress = dataloader, int(seed), bool(progress)
         self.results: dict[str, float] = {}
 
     # ------------------------------------------------------------ Lightning hooks
 
-    def on_train_end(self, trainer: Any, pl_module: nn.Module) -> None:
-        if "fit_end" in self.on:
-            self._run(trainer, pl_module, stage="fit")
-
-    def on_test_epoch_end(self, trainer: Any, pl_module: nn.Module) -> None:
-        if "test_end" in self.on:
-            self._run(trainer, pl_module, stage="test")
-
-    def _run(self, trainer: Any, pl_module: nn.Module, stage: str) -> None:
-        if not getattr(trainer, "is_global_zero", True):
-            return
-        loader = self._loader(trainer, stage)
+    def run_stage(self, trainer: Any, pl_module: nn.Module, stage: str) -> None:
+        """Evaluate, log and store now (``StageHooks`` calls it at a chosen stage)."""
+        running = "test_dataloaders" if stage == "test_end" else None  # never the train data
+        loader, _ = resolve_loader(trainer, _OWNER, self.dataloader, ("test_dataloader",), running)
         with gradients_on():  # test hooks run under inference mode
             self.results = self.evaluate(pl_module, loader, device=pl_module.device)
         log_to_loggers(trainer, {LOG_PREFIX + k: v for k, v in self.results.items() if "_acc" in k})
         log.info("adversarial robustness (%s): %s", stage, self.results)
-
-    def _loader(self, trainer: Any, stage: str) -> Iterable[Any]:
-        if self.dataloader is not None:
-            return self.dataloader
-        try:
-            loader = datamodule_loader(trainer, ("test_dataloader",))
-        except Exception as err:
-            raise RuntimeError(
-                "AdversarialRobustness: the datamodule's test_dataloader() failed "
-                f"({type(err).__name__}: {err}); pass dataloader= to the callback"
-            ) from err
-        if loader is None and stage == "test":
-            loader = _first_loader(getattr(trainer, "test_dataloaders", None))
-        if loader is None:
-            raise ValueError(
-                "AdversarialRobustness: no data to evaluate on: pass dataloader= to the callback "
-                "or give the Trainer a datamodule with test_dataloader()"
-            )
-        return loader
 
     # ------------------------------------------------------------ the evaluation
 
@@ -143,11 +113,9 @@ class _AdversarialRobustnessLogic:
     ) -> dict[str, float]:
         """Clean and attacked accuracy of ``model`` on the first ``num_samples`` of ``loader``."""
         start = time.perf_counter()
-        with torch.random.fork_rng(devices=[]):  # a DataLoader draws its base seed globally
-            batches = take_samples(loader, self.num_samples, self.batch_to_xy)
-        batches = rebatch(batches, self.batch_size)
+        batches = gather_batches(loader, self.num_samples, self.batch_to_xy, self.batch_size)
         attack_fns = self._attack_fns(_device_of(model, device))
-        with _progress_bar(self.progress, "adversarial eval") as progress:
+        with progress_bar(self.progress, "adversarial eval") as progress:
             accs = robust_accuracy(model, batches, attack_fns, device=device, progress=progress)
         results = self._with_primary_keys(accs)
         results["adversarial_num_samples"] = results.pop("num_samples")
@@ -191,12 +159,15 @@ class AdversarialRobustness(_AdversarialRobustnessLogic, *callback_bases()):
         pgd_steps: PGD steps (default 40, the paper's). pgd_alpha: step size; None ->
             ``2.5 * eps / pgd_steps`` per eps. random_start: PGD random start (default
             False), drawn from a private generator seeded ``seed``.
-        num_samples: evaluate on the first N test points (None: all).
+        num_samples: evaluate on the first N test points (default None: all).
         dataloader: data to attack (default: the datamodule's ``test_dataloader()``).
         batch_to_xy: ``batch -> (x, y)``; default handles tuples and common dict keys.
         on: any of ``"fit_end"`` (``on_train_end``), ``"test_end"`` (``on_test_epoch_end``).
-        batch_size: re-batch the samples for the attack (None: the loader's batches).
-        progress: show a rich progress bar (only on a terminal).
+        batch_size: re-batch the samples for the attack (default 1000; None: the loader's
+            batches). Only memory and speed depend on it, not the accuracies.
+        progress: show a rich progress bar (only when stderr is a terminal).
+
+    Defaults are ``robusthp.settings.AdversarialSettings``' (the CLI's too).
 
     After a run, ``self.results`` holds the metrics (see the module docstring).
     """
@@ -217,47 +188,8 @@ def _as_eps_list(eps: float | Sequence[float]) -> list[float]:
     return [float(v) for v in values]
 
 
-def _as_names(names: str | Sequence[str], what: str) -> tuple[str, ...]:
-    out = (names,) if isinstance(names, str) else tuple(names)
-    if not out:
-        raise ValueError(f"{what} must name at least one entry; got {names!r}")
-    return out
-
-
-def _optional_positive_int(value: int | None, what: str) -> int | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{what} must be None or an integer >= 1; got {value!r}")
-    return value
-
-
-def _first_loader(loaders: Any) -> Iterable[Any] | None:
-    if isinstance(loaders, (list, tuple)):
-        return loaders[0] if loaders else None
-    if isinstance(loaders, Mapping):
-        return next(iter(loaders.values()), None)
-    return loaders
-
-
 def _device_of(model: nn.Module, device: torch.device | str | None) -> torch.device:
     if device is not None:
         return torch.device(device)
     param = next(model.parameters(), None)
     return param.device if param is not None else torch.device("cpu")
-
-
-@contextmanager
-def _progress_bar(enabled: bool, description: str) -> Iterator[Callable[[int, int | None], None]]:
-    """A rich progress bar over batches, fed by ``progress(done, total)`` calls."""
-    from rich.console import Console
-    from rich.progress import Progress
-
-    show = enabled and sys.stderr.isatty()
-    with Progress(console=Console(stderr=True), transient=True, disable=not show) as bar:
-        task = bar.add_task(description, total=None)
-
-        def update(done: int, total: int | None) -> None:
-            bar.update(task, completed=done, total=total)
-
-        yield update
