@@ -238,3 +238,29 @@ def test_module_runs_without_torch_and_fails_cleanly(tmp_path):
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     assert "heavy: []" in proc.stdout
+
+
+def test_regime_names_and_colours_come_from_the_catalog(tmp_path):
+    """A regime registered in the catalog is labelled, coloured and gets a momentum figure;
+    one the catalog does not know falls back to its name and a spare colour."""
+    from robusthp import catalog
+
+    spec = catalog.RegimeSpec("sqrt_test", "sqrt LR (test)", "#123456", keys={"lr": 0.01},
+                              lr=lambda k, bs: k["lr"])
+    catalog.register_regime(spec)
+    try:
+        for regime in ("sqrt_test", "unknown_test"):
+            for batch_size in (64, 128):
+                write_run(tmp_path, regime, batch_size, 0)
+        runs = report.collect([tmp_path])
+        assert report.figure_names(runs) == [("mnist", "stdcnn", None),
+                                             ("mnist", "stdcnn", "sqrt_test")]
+        fig = report.plot_batch_size_figure(runs, "mnist", "stdcnn")
+        means = {m.get_label(): m.get_color() for m in _artists(fig, "mean")[:2]}
+        assert list(means) == ["sqrt LR (test), m = 0", "unknown_test, m = 0"]
+        assert means["sqrt LR (test), m = 0"] == pytest.approx((0x12 / 255, 0x34 / 255, 0x56 / 255))
+        assert means["unknown_test, m = 0"] == pytest.approx((0x2c / 255, 0xa0 / 255, 0x2c / 255))
+        assert report.REGIME_COLOURS["sqrt_test"] == "#123456"
+    finally:
+        del catalog.REGIMES["sqrt_test"]
+    assert "sqrt_test" not in report.REGIME_COLOURS

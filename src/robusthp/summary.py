@@ -1,4 +1,4 @@
-"""Print one run's results as a small table (rich when available)."""
+"""Print one run's results as a small table with rich (a dependency, imported on first print)."""
 
 from __future__ import annotations
 

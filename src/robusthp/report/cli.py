@@ -1,0 +1,57 @@
+"""``python -m robusthp.report`` / ``robusthp-report``: arguments, exit codes, one-line errors.
+
+A bad dir or an empty sweep is one line on stderr and an exit code, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from robusthp.report.figures import SPREADS
+from robusthp.report.printing import print_summary
+from robusthp.report.table import collect
+from robusthp.report.write import write_report
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m robusthp.report",
+        description="Collect results.json files of robusthp sweeps into a table and figures.")
+    p.add_argument("sweep_dirs", nargs="+", metavar="SWEEP_DIR", help="dirs searched recursively")
+    p.add_argument("--out", metavar="OUT_DIR", help="output dir (default: FIRST_SWEEP_DIR/report)")
+    p.add_argument("--momentum", type=float, nargs="+", metavar="M",
+                   help="only these momenta in the per-(dataset, model) figures (Benchmark "
+                        "always kept), e.g. --momentum 0 for the paper's Section 3 figures")
+    p.add_argument("--spread", choices=SPREADS, default="minmax",
+                   help="band around the mean over seeds (default: minmax)")
+    p.add_argument("--quiet", action="store_true", help="do not print the summary table")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """CLI entry point; returns the exit code (0 ok, 1 no results, 2 bad arguments)."""
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    missing = [d for d in args.sweep_dirs if not Path(d).is_dir()]
+    if missing:
+        print(f"error: sweep dir not found (or not a directory): {', '.join(missing)}",
+              file=sys.stderr)
+        return 2
+    df = collect(args.sweep_dirs)
+    if df.empty:
+        print(f"error: no results.json found under {', '.join(args.sweep_dirs)}",
+              file=sys.stderr)
+        return 1
+    out_dir = Path(args.out) if args.out else Path(args.sweep_dirs[0]) / "report"
+    written = write_report(args.sweep_dirs, out_dir, momenta=args.momentum, spread=args.spread,
+                           df=df)
+    if not args.quiet:
+        print_summary(df)
+    figures = [p for name, p in written.items() if name.endswith(".png")]
+    print(f"wrote {written['results.csv']}, {written['summary.csv']} and "
+          f"{len(figures)} figures to {out_dir}")
+    return 0

@@ -1,0 +1,49 @@
+"""The summary on the terminal: mean ± std per cell, then every run that went wrong and why.
+
+``rich`` is imported on first print, so importing the report stays quick.
+"""
+
+from __future__ import annotations
+
+import shutil
+from typing import Any
+
+import pandas as pd
+
+from robusthp.report.stats import summarize
+
+
+def print_summary(df: pd.DataFrame, file: Any = None) -> None:
+    """A compact table (mean ± std and n over seeds per cell) and the runs that went wrong."""
+    from rich.console import Console
+    from rich.table import Table
+
+    width = shutil.get_terminal_size((160, 24)).columns
+    console = Console(file=file, width=max(width, 120))
+    table = Table(title="robusthp sweep: mean ± std over ok seeds", show_edge=False,
+                  pad_edge=False, header_style="bold")
+    for col in ("dataset", "model", "regime", "m", "bs", "lr", "n", "test acc", "FGSM acc",
+                "PGD acc", "top eig", "div/fail"):
+        table.add_column(col, justify="left" if col in ("dataset", "model", "regime") else "right")
+    for _, r in summarize(df).iterrows():
+        table.add_row(
+            str(r["dataset"]), str(r["model"]), str(r["regime"]), f"{r['momentum']:g}",
+            str(r["batch_size"]), f"{r['lr']:.3g}", str(r["n"]),
+            *(_fmt(r[f"{m}_mean"], r[f"{m}_std"], m)
+              for m in ("test_acc", "fgsm_acc", "pgd_acc", "hessian_top_eig")),
+            f"{r['n_diverged']}/{r['n_failed']}",
+        )
+    console.print(table)
+    counts = df["status"].value_counts()
+    console.print(f"{len(df)} runs: " + ", ".join(f"{n} {s}" for s, n in counts.items()))
+    for _, r in df[~df["status"].isin(["ok", "diverged"])].iterrows():
+        error = "no error recorded" if pd.isna(r["error"]) else r["error"]
+        console.print(f"  {r['status']}: {r['run_dir']}: {error}",
+                      markup=False, highlight=False)
+
+
+def _fmt(mean: float, std: float, metric: str) -> str:
+    if pd.isna(mean):
+        return "-"
+    spec = ".3g" if metric == "hessian_top_eig" or abs(mean) > 1.5 else ".3f"
+    return f"{mean:{spec}}" + ("" if pd.isna(std) else f" ± {std:{spec}}")
