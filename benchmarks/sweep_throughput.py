@@ -4,7 +4,7 @@ For each sweep (StdCNN at batch 32; M1 at batch 32 and 1024), four cells (moment
 0.5, 0.9, fixed lr 0.01), one epoch of the 55k MNIST training split each. A cell is what
 ``eval=none`` does: train, then record clean accuracy on the 10k test set.
 
-(a) plain PyTorch, the best layout measured here (../shared/STACK.md): one process per
+(a) plain PyTorch, the best layout measured here (column (c) is the alternative): one process per
     core, one thread each, channels_last, batches sliced from in-memory uint8 tensors;
     each cell trains, then evaluates the test set (eval mode, inference_mode, batches of 1000);
 (b) robusthp: ``python -m robusthp.run -m hydra/launcher=parallel ... epochs=1 eval=none``,
