@@ -12,6 +12,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from robusthp.catalog import MODELS
 from robusthp.settings import (
     AdversarialSettings,
     DataSettings,
@@ -69,7 +70,4 @@ def _settings(cfg: DictConfig) -> RunSettings:
 
 
 def _check_model(name: str) -> None:
-    from robusthp.models import MODELS  # the builders (users may register their own)
-
-    if name not in MODELS:
-        raise ConfigError(f"unknown model {name!r}; choose one of: {', '.join(sorted(MODELS))}")
+    MODELS.lookup(name)  # the catalog's (robusthp.models.register_model adds users' own)

@@ -23,12 +23,8 @@ def build_optimizer(
 ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler | None]:
     """SGD with every setting explicit, plus the regime's per-epoch schedule (or None)."""
     optimizer = torch.optim.SGD(
-        params,
-        lr=sgd.lr,
-        momentum=sgd.momentum,
-        dampening=sgd.dampening,
-        weight_decay=sgd.weight_decay,
-        nesterov=sgd.nesterov,
+        params, lr=sgd.lr, momentum=sgd.momentum, dampening=sgd.dampening,
+        weight_decay=sgd.weight_decay, nesterov=sgd.nesterov,
     )
     scheduler = None
     if sgd.halve_every_epochs is not None:

@@ -70,14 +70,15 @@ def _main(cfg: DictConfig) -> dict | None:
         log.info("skipping %s: finished before (%s)", out_dir, record["status"])
         return record
     from robusthp.config import ConfigError, settings_from_config
+
+    try:  # torch-free: a bad value is refused before torch and Lightning load (seconds)
+        settings = settings_from_config(cfg)
+    except ConfigError as err:
+        _fail(str(err))
     from robusthp.experiment import run_experiment
     from robusthp.summary import print_record
 
     route_lightning_logs_to_hydra()
-    try:
-        settings = settings_from_config(cfg)
-    except ConfigError as err:
-        _fail(str(err))
     record = run_experiment(settings, out_dir, config=OmegaConf.to_container(cfg, resolve=True))
     if record["status"] != "failed" and record.get("rank", 0) == 0:
         print_record(record, out_dir)

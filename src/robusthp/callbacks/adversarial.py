@@ -44,17 +44,7 @@ from robusthp.attacks import (
     get_attack,
     robust_accuracy,
 )
-from robusthp.callbacks._lightning import (
-    BatchToXY,
-    StageHooks,
-    callback_bases,
-    check_common,
-    check_value,
-    gather_batches,
-    log_to_loggers,
-    progress_bar,
-    resolve_loader,
-)
+from robusthp.callbacks import _lightning as shared
 from robusthp.settings import AdversarialSettings, names
 from robusthp.side_effects import gradients_on
 
@@ -64,7 +54,7 @@ LOG_PREFIX = "adv/"
 _OWNER = "AdversarialRobustness"
 
 
-class _AdversarialRobustnessLogic(StageHooks):
+class _AdversarialRobustnessLogic(shared.StageHooks):
     """Lightning-free logic; ``AdversarialRobustness`` adds the Callback bases."""
 
     def __init__(
@@ -76,7 +66,7 @@ class _AdversarialRobustnessLogic(StageHooks):
         random_start: bool = AdversarialSettings.random_start,
         num_samples: int | None = AdversarialSettings.num_samples,
         dataloader: Iterable[Any] | None = None,
-        batch_to_xy: BatchToXY | None = None,
+        batch_to_xy: shared.BatchToXY | None = None,
         on: str | Sequence[str] = ("fit_end",),
         seed: int = 0,
         batch_size: int | None = AdversarialSettings.batch_size,
@@ -84,12 +74,12 @@ class _AdversarialRobustnessLogic(StageHooks):
     ) -> None:
         super().__init__()
         self.eps = _as_eps_list(eps)
-        self.attacks = check_value(_OWNER, names, attacks, "attacks")
+        self.attacks = shared.check_value(_OWNER, names, attacks, "attacks")
         for name in self.attacks:
             get_attack(name)  # unknown names raise, listing the valid ones
         check_attack_args(eps=self.eps[0], alpha=pgd_alpha, steps=pgd_steps)
         self.pgd_steps, self.pgd_alpha, self.random_start = pgd_steps, pgd_alpha, bool(random_start)
-        self.on, self.num_samples, self.batch_size, self.batch_to_xy = check_common(
+        self.on, self.num_samples, self.batch_size, self.batch_to_xy = shared.check_common(
             _OWNER, on=on, num_samples=num_samples, batch_size=batch_size, batch_to_xy=batch_to_xy
         )
         self.dataloader, self.seed, self.progress = dataloader, int(seed), bool(progress)
@@ -100,10 +90,10 @@ class _AdversarialRobustnessLogic(StageHooks):
     def run_stage(self, trainer: Any, pl_module: nn.Module, stage: str) -> None:
         """Evaluate, log and store now (``StageHooks`` calls it at a chosen stage)."""
         running = "test_dataloaders" if stage == "test_end" else None  # never the train data
-        loader, _ = resolve_loader(trainer, _OWNER, self.dataloader, ("test_dataloader",), running)
+        loader, _ = shared.resolve_loader(trainer, _OWNER, self.dataloader, ("test_dataloader",), running)
         with gradients_on():  # test hooks run under inference mode
             self.results = self.evaluate(pl_module, loader, device=pl_module.device)
-        log_to_loggers(trainer, {LOG_PREFIX + k: v for k, v in self.results.items() if "_acc" in k})
+        shared.log_to_loggers(trainer, {LOG_PREFIX + k: v for k, v in self.results.items() if "_acc" in k})
         log.info("adversarial robustness (%s): %s", stage, self.results)
 
     # ------------------------------------------------------------ the evaluation
@@ -113,9 +103,9 @@ class _AdversarialRobustnessLogic(StageHooks):
     ) -> dict[str, float]:
         """Clean and attacked accuracy of ``model`` on the first ``num_samples`` of ``loader``."""
         start = time.perf_counter()
-        batches = gather_batches(loader, self.num_samples, self.batch_to_xy, self.batch_size)
+        batches = shared.gather_batches(loader, self.num_samples, self.batch_to_xy, self.batch_size)
         attack_fns = self._attack_fns(_device_of(model, device))
-        with progress_bar(self.progress, "adversarial eval") as progress:
+        with shared.progress_bar(self.progress, "adversarial eval") as progress:
             accs = robust_accuracy(model, batches, attack_fns, device=device, progress=progress)
         results = self._with_primary_keys(accs)
         results["adversarial_num_samples"] = results.pop("num_samples")
@@ -149,7 +139,7 @@ class _AdversarialRobustnessLogic(StageHooks):
         return results
 
 
-class AdversarialRobustness(_AdversarialRobustnessLogic, *callback_bases()):
+class AdversarialRobustness(_AdversarialRobustnessLogic, *shared.callback_bases()):
     """FGSM/PGD robust accuracy at the end of fit and/or test, for either Lightning namespace.
 
     Args:

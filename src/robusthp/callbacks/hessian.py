@@ -18,17 +18,7 @@ from typing import Any
 
 import torch
 
-from robusthp.callbacks._lightning import (
-    BatchToXY,
-    StageHooks,
-    callback_bases,
-    check_common,
-    check_value,
-    gather_batches,
-    log_to_loggers,
-    progress_bar,
-    resolve_loader,
-)
+from robusthp.callbacks import _lightning as shared
 from robusthp.hessian import HessianResult, backends, top_eigenvalues
 from robusthp.settings import HessianSettings, integer, positive_number
 
@@ -45,7 +35,7 @@ _UNSTABLE_LOADER_WARNING = (
 )
 
 
-class _HessianLogic(StageHooks):
+class _HessianLogic(shared.StageHooks):
     """Top eigenvalues of the training-loss Hessian at the end of fit and/or test.
 
     Args:
@@ -97,7 +87,7 @@ class _HessianLogic(StageHooks):
         seed: int = 0,
         batch_size: int | None = HessianSettings.batch_size,
         dataloader: Iterable[Any] | None = None,
-        batch_to_xy: BatchToXY | None = None,
+        batch_to_xy: shared.BatchToXY | None = None,
         on: str | Sequence[str] = ("fit_end",),
         progress: bool = True,
         loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
@@ -108,10 +98,10 @@ class _HessianLogic(StageHooks):
             raise ValueError(
                 f"{_OWNER}: unknown backend {backend!r}; valid: {', '.join(backends())}"
             )
-        self.top_n = check_value(_OWNER, integer(1), top_n, "top_n")
-        self.max_iter = check_value(_OWNER, integer(1), max_iter, "max_iter")
-        self.tol = check_value(_OWNER, positive_number, tol, "tol")
-        self.on, self.num_samples, self.batch_size, self.batch_to_xy = check_common(
+        self.top_n = shared.check_value(_OWNER, integer(1), top_n, "top_n")
+        self.max_iter = shared.check_value(_OWNER, integer(1), max_iter, "max_iter")
+        self.tol = shared.check_value(_OWNER, positive_number, tol, "tol")
+        self.on, self.num_samples, self.batch_size, self.batch_to_xy = shared.check_common(
             _OWNER, on=on, num_samples=num_samples, batch_size=batch_size, batch_to_xy=batch_to_xy
         )
         self.backend, self.seed, self.dataloader = backend, seed, dataloader
@@ -136,7 +126,7 @@ class _HessianLogic(StageHooks):
         metrics = {"hessian/top_eig": result.top}
         metrics.update({f"hessian/eig_{k}": v for k, v in enumerate(result.eigenvalues, 1)})
         metrics.update({"hessian/num_hvp": result.num_hvp, "hessian/seconds": result.seconds})
-        log_to_loggers(trainer, metrics)
+        shared.log_to_loggers(trainer, metrics)
         self.results = {
             "hessian_top_eig": result.top,
             "hessian_eigs": list(result.eigenvalues),
@@ -167,28 +157,21 @@ class _HessianLogic(StageHooks):
         return result
 
     def _batches(self, trainer: Any) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        loader, source = resolve_loader(
+        loader, source = shared.resolve_loader(
             trainer, _OWNER, self.dataloader, _LOADERS, running="train_dataloader"
         )
         if source not in ("dataloader=", _LOADERS[0]):
             log.warning(_UNSTABLE_LOADER_WARNING)
-        return gather_batches(loader, self.num_samples, self.batch_to_xy, self.batch_size)
+        return shared.gather_batches(loader, self.num_samples, self.batch_to_xy, self.batch_size)
 
     def _compute(self, pl_module: torch.nn.Module, batches) -> HessianResult:
-        with progress_bar(self.progress, f"Hessian ({self.backend}), HVPs") as progress:
+        with shared.progress_bar(self.progress, f"Hessian ({self.backend}), HVPs") as progress:
             return top_eigenvalues(
-                pl_module,
-                batches,
-                top_n=self.top_n,
-                backend=self.backend,
-                max_iter=self.max_iter,
-                tol=self.tol,
-                seed=self.seed,
-                loss_fn=self.loss_fn,
-                reuse_graph=self.reuse_graph,
-                on_hvp=lambda count: progress(count, None),
+                pl_module, batches, top_n=self.top_n, backend=self.backend,
+                max_iter=self.max_iter, tol=self.tol, seed=self.seed, loss_fn=self.loss_fn,
+                reuse_graph=self.reuse_graph, on_hvp=lambda count: progress(count, None),
             )
 
 
-class HessianEigenvalues(_HessianLogic, *callback_bases()):
+class HessianEigenvalues(_HessianLogic, *shared.callback_bases()):
     __doc__ = _HessianLogic.__doc__
