@@ -100,7 +100,7 @@ def main() -> None:
     parser.add_argument("--n-images", type=int, default=512)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--train-steps", type=int, default=200)
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (1: see STACK.md)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1: one core per process, as the parallel sweeps run)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     n_images, train_steps = (64, 100) if args.quick else (args.n_images, args.train_steps)
