@@ -122,11 +122,20 @@ def test_each_evaluation_can_be_switched_off(synthetic_root, tmp_path, off, abse
 def test_ddp_on_two_cpu_processes_keeps_the_global_batch(synthetic_root, tmp_path):
     """trainer.devices=2 (Lightning DDP, gloo): each process takes half of every global batch
     of 32, so an epoch is the same ceil(250 / 32) SGD steps as on one device."""
-    run([*FAST, "trainer.devices=2", "trainer.accelerator=cpu"], synthetic_root, tmp_path)
+    proc = run([*FAST, "trainer.devices=2", "trainer.accelerator=cpu"], synthetic_root, tmp_path)
     results = list((tmp_path / "run").rglob("results.json"))
     assert len(results) == 1  # written by rank zero only
     res = json.loads(results[0].read_text())
     assert res["status"] == "ok" and res["steps"] == -(-250 // 32) and res["cell"]["batch_size"] == 32
+    assert "robusthp: error" not in proc.stderr  # rank 1 succeeded too, and says nothing
+    # the train loss and accuracy cover both ranks' halves: the single-device run's numbers
+    # (DDP averages the two halves' gradients: the same steps up to float rounding)
+    single = tmp_path / "single"
+    single.mkdir()
+    run([*FAST, "trainer.accelerator=cpu"], synthetic_root, single)
+    one = json.loads((single / "run" / "results.json").read_text())["metrics"]
+    assert res["metrics"]["train_loss"] == pytest.approx(one["train_loss"], rel=1e-4)
+    assert res["metrics"]["train_acc"] == pytest.approx(one["train_acc"], abs=2 / 250)
 
 
 def test_batch_size_must_divide_across_devices(synthetic_root, tmp_path):

@@ -59,8 +59,8 @@ def test_sweep_and_job_names_are_stable_and_readable():
     assert sweep_name(["experiment=paper_mnist_m1"]) == "paper_mnist_m1"
     assert sweep_name(["experiment=paper_mnist_m1", "trainer.threads=1"]) == "paper_mnist_m1"
     assert sweep_name([]) == "default" and job_dir("") == "default"
-    long = sweep_name([f"data.root=/{'x' * 300}"])
-    assert len(long) <= 120 and long != sweep_name([f"data.root=/{'y' * 300}"])
+    long = sweep_name([f"eval.adversarial.eps=[{','.join(['0.1'] * 60)}]"])  # data.root is unnamed now
+    assert len(long) <= 120 and long != sweep_name([f"eval.adversarial.eps=[{','.join(['0.2'] * 60)}]"])
 
 
 FAST = ["eval=none", "epochs=1", "data.val_size=50", "trainer.progress_bar=false"]
@@ -154,3 +154,29 @@ def test_launcher_configs_compose(launcher, target):
         assert cfg.hydra.launcher.n_jobs == -1
     if launcher == "slurm":
         assert cfg.hydra.launcher.tasks_per_node == 1 and cfg.hydra.launcher.gpus_per_node == 1
+
+
+@pytest.mark.parametrize("args", [
+    ["line=glob(lr_m*)"], ["line=glob(*,exclude=benchmark)"], ["regime=choice(lr,lr_bs)"],
+    ["model=m1,stdcnn", "dataset=mnist"], ["batch_size=range(32,129,32)"], ["~line"],
+])
+def test_group_check_passes_hydra_sweep_functions(args):
+    from robusthp.run import check_group_choices
+
+    check_group_choices(args)  # would exit with "unknown line 'glob(lr_m*)'" before
+
+
+@pytest.mark.parametrize("arg,message", [
+    ("line=glob(nothing*)", "line=glob(nothing*) matches no line; choose among: benchmark"),
+    ("regime=choice(lr,adam)", "unknown regime 'adam'; choose one of: benchmark, lr, lr_bs"),
+])
+def test_group_check_names_the_bad_choice_inside_a_sweep(arg, message, capsys):
+    from robusthp.run import check_group_choices
+
+    with pytest.raises(SystemExit) as exit_info:
+        check_group_choices([arg])
+    assert exit_info.value.code == 2 and capsys.readouterr().err.startswith(f"robusthp: error: {message}")
+
+
+def test_data_root_stays_out_of_run_dir_names():
+    assert sweep_name(["data.root=/somewhere/data", "batch_size=32"]) == sweep_name(["batch_size=32"])

@@ -26,9 +26,10 @@ from robusthp.settings import SECTIONS
 
 GROUPS = ("dataset", "model", "regime")  # filled from the catalog, not from YAML files
 ROOT_DEFAULTS = {"momentum": None, "resume": True}  # None: the regime's own momentum
-# Keys that do not change a run's results: left out of sweep and run directory names, so
-# re-running a sweep with them changed finds (and skips) the finished runs.
-UNNAMED_KEYS = ("resume", "trainer.progress_bar", "trainer.threads")
+# Keys that do not change a run's results: left out of sweep and run directory names and
+# of a run's fingerprint, so re-running a sweep with them changed (or from another machine,
+# whose data lives elsewhere) finds and skips the finished runs.
+UNNAMED_KEYS = ("resume", "trainer.progress_bar", "trainer.threads", "data.root")
 MAX_NAME = 120
 
 

@@ -13,7 +13,6 @@ import logging
 import math
 import os
 import platform
-import subprocess
 import time
 import traceback
 import warnings
@@ -28,7 +27,7 @@ from robusthp.catalog import get_spec
 from robusthp.data import ImageDataModule
 from robusthp.lit_module import ClassifierModule
 from robusthp.models import build_model
-from robusthp.results import RESULTS_FILE, SCHEMA_VERSION, write_json_atomic
+from robusthp.results import RESULTS_FILE, SCHEMA_VERSION, code_version, write_json_atomic
 from robusthp.settings import (  # re-exported: the settings a run is built from
     AdversarialSettings,
     DataSettings,
@@ -132,22 +131,11 @@ def _build_trainer(settings: RunSettings, out_dir: Path, callbacks: list) -> pl.
     )
 
 
-def _code_version() -> str | None:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
-            cwd=Path(__file__).parent,
-        )
-        return out.stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
 def _env(trainer: pl.Trainer | None) -> dict[str, Any]:
     device = str(trainer.strategy.root_device) if trainer is not None else None
     return {
         "torch": str(torch.__version__), "lightning": str(pl.__version__), "python": platform.python_version(),
-        "device": device, "threads": torch.get_num_threads(), "code_version": _code_version(),
+        "device": device, "threads": torch.get_num_threads(), "code_version": code_version(),
         "hostname": platform.node(),
     }
 
@@ -156,20 +144,24 @@ def _finite_or_none(value: Any) -> Any:
     return value if not isinstance(value, float) or math.isfinite(value) else None
 
 
-def run_experiment(settings: RunSettings, out_dir: str | Path, config: dict | None = None) -> dict:
+def run_experiment(settings: RunSettings, out_dir: str | Path, config: dict | None = None,
+                   fingerprint: str | None = None) -> dict:
     """Train and evaluate one cell; write and return its results record (never raises for
-    a training failure: the record says ``failed`` and carries the error)."""
+    a training failure: the record says ``failed`` and carries the error).
+
+    ``config`` (the resolved config) and its ``fingerprint`` are recorded; a resume
+    checkpoint left by a run of another fingerprint is not resumed from."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     record: dict[str, Any] = {
         "schema": SCHEMA_VERSION, "status": "failed", "error": None, "cell": settings.cell(),
         "metrics": {}, "timings_s": {}, "steps": 0, "wall_time_s": None,
-        "sgd": asdict(settings.sgd), "config": config or {},
+        "sgd": asdict(settings.sgd), "config": config or {}, "fingerprint": fingerprint,
     }
     trainer = None
     try:
-        trainer, module, callbacks = _train(settings, out_dir, record)
+        trainer, module, callbacks = _train(settings, out_dir, record, fingerprint)
         record["status"] = "diverged" if module.diverged else "ok"
         if not module.diverged:
             _evaluate(trainer, module, callbacks, record)
@@ -198,7 +190,25 @@ def resolve_channels_last(choice: bool | None, device: torch.device) -> bool:
     return device.type == "cpu" if choice is None else bool(choice)
 
 
-def _train(settings: RunSettings, out_dir: Path, record: dict):
+def _resume_path(settings: RunSettings, out_dir: Path, fingerprint: str | None) -> str | None:
+    """``checkpoints/last.ckpt`` if it was written by a run of this fingerprint."""
+    last, stamp = out_dir / "checkpoints" / "last.ckpt", out_dir / "checkpoints" / "fingerprint"
+    if not settings.train.checkpoint:
+        return None
+    if last.is_file() and fingerprint is not None:
+        if not stamp.is_file() or stamp.read_text().strip() != fingerprint:
+            log.warning("not resuming from %s: written by a run of another config", last)
+            last.unlink()
+    if fingerprint is not None:
+        stamp.parent.mkdir(parents=True, exist_ok=True)
+        stamp.write_text(fingerprint + "\n")
+    if not last.is_file():
+        return None
+    log.info("resuming from %s", last)
+    return str(last)
+
+
+def _train(settings: RunSettings, out_dir: Path, record: dict, fingerprint: str | None = None):
     if settings.train.threads is not None:
         torch.set_num_threads(settings.train.threads)
     pl.seed_everything(settings.train.seed, workers=True, verbose=False)
@@ -216,10 +226,7 @@ def _train(settings: RunSettings, out_dir: Path, record: dict):
     module = ClassifierModule(model, settings.sgd, check_every=settings.train.check_every)
     datamodule = ImageDataModule(replace(settings.data, channels_last=channels_last))
     datamodule.prepare_data()  # a missing dataset fails here, before training starts
-    last = out_dir / "checkpoints" / "last.ckpt"
-    ckpt_path = str(last) if settings.train.checkpoint and last.is_file() else None
-    if ckpt_path:
-        log.info("resuming from %s", ckpt_path)
+    ckpt_path = _resume_path(settings, out_dir, fingerprint)
     t0, started_at = time.perf_counter(), time.time()
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     # the evaluation callbacks run inside fit (on_train_end); their time is reported apart

@@ -84,14 +84,26 @@ class ClassifierModule(pl.LightningModule):
 
     def on_train_epoch_end(self) -> None:
         self._check_finite()
-        if self._count:
-            metrics = {"train/loss": float(self._loss_sum) / self._count,
-                       "train/acc": int(self._correct) / self._count}
+        loss_sum, correct, count = self._epoch_sums()
+        if count:
+            metrics = {"train/loss": loss_sum / count, "train/acc": correct / count}
             self.log_dict(metrics, on_epoch=True)
             self.last_metrics.update(metrics)
         scheduler = self.lr_schedulers()
         if scheduler is not None and not self.diverged:
             scheduler.step()
+
+    def _epoch_sums(self) -> tuple[float, int, int]:
+        """This epoch's summed loss, correct predictions and samples over ALL ranks: under
+        DDP each rank trains on its share of every global batch, so one rank's sums would
+        describe half (or less) of the epoch."""
+        sums = torch.stack([self._loss_sum.double(), self._correct.double(),
+                            torch.tensor(float(self._count), dtype=torch.float64, device=self._loss_sum.device)])
+        trainer = self._trainer  # None outside a fit (e.g. a direct call in a test)
+        if trainer is not None and trainer.world_size > 1:
+            sums = trainer.strategy.reduce(sums.clone(), reduce_op="sum")
+        loss_sum, correct, count = sums.tolist()
+        return loss_sum, int(correct), int(count)
 
     def configure_optimizers(self):
         optimizer, scheduler = build_optimizer(self.model.parameters(), self.sgd)

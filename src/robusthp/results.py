@@ -16,14 +16,17 @@ Layout of one file::
       "timings_s": {"train", "adversarial", "hessian", "total"},
       "steps": int, "wall_time_s": float,
       "config": {... the resolved Hydra config ...},
+      "fingerprint": "sha256 of the config without the keys that cannot change results",
       "env": {"torch", "lightning", "device", "code_version", "python"}
     }
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -85,3 +88,48 @@ def find_results(*roots: str | os.PathLike) -> Iterator[Path]:
             yield root
         else:
             yield from sorted(root.rglob(RESULTS_FILE))
+
+
+# ---------------------------------------------------------------------------- resume
+
+
+def flatten(config: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"data": {"root": r}}`` -> ``{"data.root": r}`` (lists stay values)."""
+    if not isinstance(config, dict):
+        return {prefix: config}
+    out: dict[str, Any] = {}
+    for key, value in config.items():
+        out.update(flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+    return out
+
+
+def _kept(config: dict, exclude: tuple[str, ...]) -> dict[str, Any]:
+    return {k: v for k, v in flatten(config).items() if k not in exclude}
+
+
+def fingerprint(config: dict, exclude: tuple[str, ...] = ()) -> str:
+    """A short hash of a resolved config, without the ``exclude`` keys (those that cannot
+    change results): equal fingerprints, the same run."""
+    text = json.dumps(_kept(config, exclude), sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+MISSING = "<absent>"
+
+
+def config_diff(old: dict, new: dict, exclude: tuple[str, ...] = ()) -> list[str]:
+    """The keys whose values differ between two resolved configs (missing counts as differing)."""
+    a, b = _kept(old, exclude), _kept(new, exclude)
+    return sorted(k for k in a.keys() | b.keys() if a.get(k, MISSING) != b.get(k, MISSING))
+
+
+def code_version() -> str | None:
+    """The git commit of the robusthp checkout (None outside git)."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
+            cwd=Path(__file__).parent,
+        )
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
