@@ -23,6 +23,9 @@ from robusthp.settings import (
 )
 
 
+_ABSENT = object()
+
+
 class ConfigError(ValueError):
     """A user-facing configuration mistake (one line, no traceback)."""
 
@@ -42,8 +45,8 @@ def _read(cfg: DictConfig, section: type) -> Any:
     values = {}
     for f in fields(section):
         key = f.metadata.get("key")
-        if key:
-            value = OmegaConf.select(cfg, key, default=f.default)
+        value = OmegaConf.select(cfg, key, default=_ABSENT) if key else _ABSENT
+        if value is not _ABSENT:  # an absent key keeps the field's default
             values[f.name] = OmegaConf.to_object(value) if OmegaConf.is_config(value) else value
     return section(**values)
 

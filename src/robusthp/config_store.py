@@ -5,7 +5,8 @@ the resolvers that name sweep and run directories.
   ``robusthp.settings`` with its default, so the YAMLs only select and override.
 - ``dataset=<name>``, ``model=<name>`` and ``regime=<name>`` are one choice per entry of
   ``robusthp.catalog``: a regime's node holds its own keys (``regime.lr`` for ``lr``) with
-  the catalog's defaults, nothing else.
+  the catalog's defaults, nothing else. ``logger=<name>`` is one per
+  ``robusthp.settings.LOGGERS`` entry, with its options.
 
 Importing ``robusthp.conf`` (Hydra does, to find config.yaml) registers all of it. Imports
 neither torch nor Lightning: a sweep's launcher process composes without them.
@@ -22,14 +23,19 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
 from robusthp.catalog import DATASETS, MODELS, REGIMES
-from robusthp.settings import SECTIONS
+from robusthp.settings import LOGGERS, SECTIONS
 
-GROUPS = ("dataset", "model", "regime")  # filled from the catalog, not from YAML files
+GROUPS = ("dataset", "model", "regime", "logger")  # filled from tables, not from YAML files
 ROOT_DEFAULTS = {"momentum": None, "resume": True}  # None: the regime's own momentum
 # Keys that do not change a run's results: left out of sweep and run directory names and
 # of a run's fingerprint, so re-running a sweep with them changed (or from another machine,
 # whose data lives elsewhere) finds and skips the finished runs.
-UNNAMED_KEYS = ("resume", "trainer.progress_bar", "trainer.threads", "data.root")
+UNNAMED_KEYS = ("resume", "trainer.progress_bar", "trainer.threads", "data.root", "logger")
+
+
+def unnamed(key: str) -> bool:
+    """Whether ``key`` (or the section it is in, e.g. ``logger.wandb.project``) is unnamed."""
+    return any(key == k or key.startswith(k + ".") for k in UNNAMED_KEYS)
 MAX_NAME = 120
 
 
@@ -57,8 +63,8 @@ def defaults_tree() -> dict[str, Any]:
     for key in sorted(keys, key=lambda k: "." in k):  # top-level keys first, then sections
         f = keys[key]
         *parents, leaf = key.split(".")
-        if parents and parents[0] in GROUPS:
-            continue
+        if (parents and parents[0] in GROUPS) or f.metadata.get("group"):
+            continue  # a config group's choices hold it
         node = tree
         for part in parents:
             node = node.setdefault(part, {})
@@ -83,6 +89,8 @@ def register() -> None:
         cs.store(group="model", name=spec.name, node={"name": spec.name, "kwargs": _open({})})
     for spec in REGIMES.values():
         cs.store(group="regime", name=spec.name, node=_open({"name": spec.name, **spec.keys}))
+    for name, logger in LOGGERS.items():  # several at once: logger=[csv,tensorboard]
+        cs.store(group="logger", name=name, node={name: _open(dict(logger.options))})
 
 
 def group_options(group: str) -> list[str]:
@@ -98,7 +106,7 @@ def group_options(group: str) -> list[str]:
 
 
 def _named(override: str) -> bool:
-    return override.split("=", 1)[0].lstrip("+~") not in UNNAMED_KEYS
+    return not unnamed(override.split("=", 1)[0].lstrip("+~"))
 
 
 def sweep_name(task_overrides: list[str]) -> str:

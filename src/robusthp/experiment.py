@@ -38,7 +38,7 @@ from robusthp.settings import (  # re-exported: the settings a run is built from
 )
 
 __all__ = ["AdversarialSettings", "DataSettings", "HessianSettings", "RunSettings",
-           "SGDSettings", "TrainSettings", "build_callbacks", "run_experiment"]
+           "SGDSettings", "TrainSettings", "build_callbacks", "build_loggers", "run_experiment"]
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +106,36 @@ class _ResumeCheckpoint(pl.callbacks.Checkpoint):
             os.replace(tmp, self.path)
 
 
+def build_loggers(loggers: dict[str, dict[str, Any]], out_dir: Path) -> list:
+    """Lightning's loggers by robusthp name (``settings.LOGGERS``), each writing below
+    ``out_dir``. The CSV logger's ``version_N`` counts the (resumed) fits of a run."""
+    made = []
+    for name, options in loggers.items():
+        options = dict(options)
+        if name == "csv":
+            made.append(pl.loggers.CSVLogger(out_dir, **options))
+        elif name == "tensorboard":
+            made.append(pl.loggers.TensorBoardLogger(out_dir, **options))
+        elif name == "wandb":
+            made.append(pl.loggers.WandbLogger(save_dir=str(out_dir), **options))
+        elif name == "mlflow":
+            if options.get("tracking_uri") is None:  # a local file store in the run dir; mlflow
+                options["save_dir"] = str(out_dir / "mlruns")  # >= 3 asks for this opt-in to it:
+                os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+            made.append(pl.loggers.MLFlowLogger(**options))
+        else:
+            raise ValueError(f"unknown logger {name!r}")
+    return made
+
+
+def _finish_loggers(trainer: pl.Trainer | None) -> None:
+    """End a W&B run (Lightning leaves it open), so that the next run of a sweep in this
+    process starts its own instead of appending to this one."""
+    for logger in getattr(trainer, "loggers", None) or []:
+        if isinstance(logger, pl.loggers.WandbLogger) and logger._experiment is not None:
+            logger.experiment.finish()
+
+
 def _build_trainer(settings: RunSettings, out_dir: Path, callbacks: list) -> pl.Trainer:
     t = settings.train
     callbacks = list(callbacks)
@@ -119,7 +149,7 @@ def _build_trainer(settings: RunSettings, out_dir: Path, callbacks: list) -> pl.
         devices=t.devices,
         precision=t.precision,
         callbacks=callbacks,
-        logger=pl.loggers.CSVLogger(out_dir, name="logs"),  # version_0, then version_1 after a resume
+        logger=build_loggers(t.loggers, out_dir),
         enable_progress_bar=t.progress_bar,
         enable_model_summary=False,
         enable_checkpointing=t.checkpoint,
@@ -170,6 +200,7 @@ def run_experiment(settings: RunSettings, out_dir: str | Path, config: dict | No
         record["error"] = f"{type(err).__name__}: {err}".splitlines()[0][:500]
         (out_dir / "error.log").write_text(traceback.format_exc())
         log.error("run failed: %s (traceback in %s)", record["error"], out_dir / "error.log")
+    _finish_loggers(trainer)
     record.setdefault("timestamps", {})["end"] = time.time()  # evaluation done
     record["wall_time_s"] = time.perf_counter() - started
     record["timings_s"]["total"] = record["wall_time_s"]

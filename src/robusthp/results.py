@@ -104,7 +104,9 @@ def flatten(config: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def _kept(config: dict, exclude: tuple[str, ...]) -> dict[str, Any]:
-    return {k: v for k, v in flatten(config).items() if k not in exclude}
+    """The flattened config without the ``exclude`` keys and the sections they name."""
+    return {k: v for k, v in flatten(config).items()
+            if not any(k == e or k.startswith(e + ".") for e in exclude)}
 
 
 def fingerprint(config: dict, exclude: tuple[str, ...] = ()) -> str:

@@ -14,6 +14,7 @@ is allowed; ``python -m robusthp.run`` prints that line and exits 2.
 
 from __future__ import annotations
 
+import importlib.util
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
@@ -105,6 +106,45 @@ def check_momentum(value: Any, key: str = "momentum") -> float | None:
     return float(value)
 
 
+@dataclass(frozen=True)
+class LoggerSpec:
+    """A Lightning logger robusthp can attach: the packages it needs (any one of them, from
+    the robusthp extra of the logger's name) and its options (``logger.<name>.<key>=``)."""
+
+    packages: tuple[str, ...]
+    options: dict[str, Any]
+
+
+# ``logger=csv`` (the default), ``logger=[csv,tensorboard]``, ...: every one gets the same
+# metrics. Each writes below the run's directory.
+LOGGERS = {
+    "csv": LoggerSpec((), {"name": "logs"}),  # logs/version_N/metrics.csv
+    # the tensorboard package, not tensorboardX: tensorboardX names its event files by the
+    # second, so the test-time writer can overwrite the fit-time one (seen here)
+    "tensorboard": LoggerSpec(("tensorboard",), {"name": "tensorboard"}),
+    "wandb": LoggerSpec(("wandb",), {"project": "robusthp", "offline": True}),  # `wandb sync` later
+    "mlflow": LoggerSpec(("mlflow",), {"experiment_name": "robusthp", "tracking_uri": None}),  # mlruns/
+}
+
+
+def logger_choices(value: Any, key: str) -> dict[str, dict[str, Any]]:
+    """``{logger name: its options}``, each name known and its package installed."""
+    if isinstance(value, str):
+        value = {value: {}}
+    elif isinstance(value, (list, tuple)):
+        value = {name: {} for name in value}
+    if not isinstance(value, dict):
+        raise ValueError(f"{key} must name loggers among {', '.join(LOGGERS)}, got {value!r}")
+    for name in value:
+        if name not in LOGGERS:
+            raise ValueError(f"unknown {key} {name!r}; choose among: {', '.join(LOGGERS)}")
+        packages = LOGGERS[name].packages
+        if packages and not any(importlib.util.find_spec(p) for p in packages):
+            raise ValueError(f"{key}={name} needs the {packages[0]} package: "
+                             f"pip install 'robusthp[{name}]'")
+    return {name: {**LOGGERS[name].options, **(options or {})} for name, options in value.items()}
+
+
 def check_divides(batch_size: int, devices: int) -> None:
     """The studied batch size is the global one: it must split evenly across devices."""
     if batch_size % devices:
@@ -130,13 +170,16 @@ def _channels_last(value: Any, key: str) -> bool | None:
 
 
 def setting(default: Any, key: str | None = None, check: Check | None = None,
-            config: Any = None, **kw: Any) -> Any:
+            config: Any = None, group: bool = False) -> Any:
     """A dataclass field with its config key, its check and (if it differs) the value the
-    Hydra config starts from (``config``: e.g. an interpolation)."""
-    meta = {"key": key, "check": check}
+    Hydra config starts from (``config``: e.g. an interpolation). ``group``: the key is a
+    config group of YAML choices (its defaults live there); ``default`` is then a factory."""
+    meta = {"key": key, "check": check, "group": group}
     if config is not None:
         meta["config"] = config
-    return field(default=default, metadata=meta, **kw)
+    if group:
+        return field(default_factory=default, metadata=meta)
+    return field(default=default, metadata=meta)
 
 
 class Checked:
@@ -189,6 +232,9 @@ class TrainSettings(Checked):
     channels_last: bool | None = setting(None, "trainer.channels_last", _channels_last, config="auto")
     validate: bool = setting(True, "eval.validate", boolean)  # validation accuracy every epoch
     checkpoint: bool = setting(True)  # checkpoints/last.ckpt each epoch, resume from it
+    # Lightning loggers and their options (conf/logger/*.yaml); every one gets the same metrics
+    loggers: dict[str, dict[str, Any]] = setting(lambda: {"csv": dict(LOGGERS["csv"].options)},
+                                                 "logger", logger_choices, group=True)
 
 
 @dataclass(frozen=True)
