@@ -22,7 +22,6 @@ from robusthp.settings import (
     resolve_sgd,
 )
 
-
 _ABSENT = object()
 
 
