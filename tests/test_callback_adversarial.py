@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import importlib
+import logging
 import random
 from pathlib import Path
 from types import SimpleNamespace
@@ -227,11 +228,17 @@ def test_global_rngs_left_as_found():
     assert after[2:] == states[2][2:]
 
 
-def test_no_data_raises_when_it_runs(tmp_path):
+def test_no_data_at_fit_end_moves_the_attack_to_test(tmp_path, caplog):
+    """Never a crash in the user's fit (tests/test_callbacks_in_any_project.py has more)."""
     pl, Net, Data = user_classes("lightning.pytorch")
-    trainer = make_trainer(pl, tmp_path, [small_callback()], max_steps=1)
-    with pytest.raises(ValueError, match="no data to evaluate on"):
-        trainer.fit(Net(), train_dataloaders=Data().train_dataloader())
+    cb, module, data = small_callback(num_samples=None), Net(), Data()
+    trainer = make_trainer(pl, tmp_path, [cb], max_steps=1)
+    with caplog.at_level(logging.WARNING, logger="robusthp.callbacks.adversarial"):
+        trainer.fit(module, train_dataloaders=data.train_dataloader())
+    assert "will evaluate at trainer.test instead" in caplog.text
+    assert cb.results == {}
+    trainer.test(module, dataloaders=data.test_dataloader())
+    assert cb.results["adversarial_num_samples"] == 64
 
 
 # ---------------------------------------------------------------- test stage

@@ -193,7 +193,9 @@ def run_experiment(settings: RunSettings, out_dir: str | Path, config: dict | No
     try:
         trainer, module, callbacks = _train(settings, out_dir, record, fingerprint)
         record["status"] = "diverged" if module.diverged else "ok"
-        if not module.diverged:
+        if module.diverged:  # the callbacks skipped it, and say so
+            _collect(callbacks, record)
+        else:
             _evaluate(trainer, module, callbacks, record)
     except Exception as err:  # recorded so that a sweep goes on and loses nothing
         record["status"] = "failed"
@@ -282,6 +284,11 @@ def _evaluate(trainer: pl.Trainer, module: ClassifierModule, callbacks: list, re
     trainer.test(module, datamodule=trainer.datamodule, verbose=False)
     record["timings_s"]["test"] = time.perf_counter() - t0
     record["metrics"]["test_acc"] = module.last_metrics.get("test/acc")
+    _collect(callbacks, record)
+
+
+def _collect(callbacks: list, record: dict) -> None:
+    """The evaluation callbacks' results into the record: timings apart, the rest metrics."""
     for cb in callbacks:
         results = dict(getattr(cb, "results", {}) or {})
         for key in list(results):

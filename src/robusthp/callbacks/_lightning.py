@@ -8,10 +8,12 @@ callback is one class that subclasses a Lightning-free logic mixin *and* every
 ``Callback`` class that imports here.
 
 Both callbacks (``AdversarialRobustness``, ``HessianEigenvalues``) share from here, so
-they cannot drift apart: the hooks they run in and when they skip (``StageHooks``), where
-their data comes from (``resolve_loader``), how samples are taken without touching the
-global RNGs (``gather_batches``), their progress bar (``progress_bar``) and the checks of
-their common arguments (``check_common``). Nothing in this module imports Hydra.
+they cannot drift apart: the hooks they run in and when they skip (``StageHooks``: not on
+other ranks, not after an interrupted fit, not on a diverged model; no data at fit end
+moves the evaluation to ``trainer.test``), where their data comes from (``find_loader``),
+how samples are taken without touching the global RNGs (``gather_batches``), their
+progress bar (``progress_bar``) and the checks of their common arguments
+(``check_common``). Nothing in this module imports Hydra.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ _NAMESPACES = ("pytorch_lightning", "lightning.pytorch")
 
 BatchToXY = Callable[[Any], tuple[torch.Tensor, torch.Tensor]]
 ProgressFn = Callable[[int, int | None], None]  # progress(done, total or None)
+Source = tuple[str, Callable[[], Any]]  # (its name for messages, () -> a loader or None)
 
 # When a robusthp callback may run (its ``on=``), and the Lightning hook it runs in.
 # "fit_end" is on_train_end: the module is still on its device and gradients are on
@@ -59,6 +62,10 @@ def callback_bases() -> tuple[type, ...]:
 # ---------------------------------------------------------------------------- hooks
 
 
+class NoSamples(ValueError):
+    """The loader yielded no samples: missing data, as when there is no loader at all."""
+
+
 def should_run(trainer: Any, stage: str) -> bool:
     """The skip rules of every robusthp callback: only global rank zero computes, and an
     interrupted fit (Ctrl-C, an exception) is not evaluated at its end."""
@@ -67,21 +74,88 @@ def should_run(trainer: Any, stage: str) -> bool:
     return not (stage == "fit_end" and getattr(trainer, "interrupted", False))
 
 
-class StageHooks:
-    """The Lightning hooks of ``STAGES``; each calls ``run_stage`` when its stage is in
-    ``self.on`` and ``should_run`` allows it."""
+def skip_reason(pl_module: torch.nn.Module) -> str | None:
+    """Why a model is not worth evaluating, or None: it ``diverged`` (robusthp's
+    ClassifierModule sets that on a non-finite loss) or has non-finite parameters (any
+    other module). Attacking or taking Hessian products of NaNs measures nothing, costs
+    a full pass, and Lanczos' eigh on a NaN tridiagonal can even raise."""
+    if bool(getattr(pl_module, "diverged", False)):
+        return "diverged"
+    finite = [torch.isfinite(p.detach()).all() for p in pl_module.parameters()
+              if p.device.type != "meta"]
+    if finite and not bool(torch.stack(finite).all()):  # one device sync, not one per tensor
+        return "non-finite parameters"
+    return None
 
+
+class StageHooks:
+    """The Lightning hooks of ``STAGES`` and the rules every callback follows in them.
+
+    A hook evaluates when its stage is in ``self.on`` and ``should_run`` allows it; then:
+
+    * a diverged model (``skip_reason``) is not evaluated: one warning, and
+      ``self.results = {self.skip_key: reason}``;
+    * the data is the first of ``data_sources(trainer, stage)`` that gives a loader;
+    * none at the end of fit: one warning, and the evaluation moves to the end of the next
+      ``trainer.test`` (even when ``on`` lacks "test_end"): a callback must never break
+      the user's fit, whose script may give its test data to ``trainer.test`` only;
+    * none at the end of test: one warning, ``self.results = {self.skip_key: "no data"}``.
+
+    Subclasses set ``owner``, ``skip_key``, ``on`` and ``results`` and define
+    ``data_sources`` and ``run_stage``.
+    """
+
+    owner: str
+    skip_key: str
+    _log = log  # subclasses: their own module's logger, so users can filter per callback
     on: tuple[str, ...]
+    results: dict[str, Any]
+    _moved_to_test = False  # no data at the end of the last fit: evaluate at test end
 
     def on_train_end(self, trainer: Any, pl_module: torch.nn.Module) -> None:
+        self._moved_to_test = False
         if "fit_end" in self.on and should_run(trainer, "fit_end"):
-            self.run_stage(trainer, pl_module, "fit_end")
+            self._stage(trainer, pl_module, "fit_end")
 
     def on_test_epoch_end(self, trainer: Any, pl_module: torch.nn.Module) -> None:
-        if "test_end" in self.on and should_run(trainer, "test_end"):
-            self.run_stage(trainer, pl_module, "test_end")
+        if ("test_end" in self.on or self._moved_to_test) and should_run(trainer, "test_end"):
+            self._moved_to_test = False  # once, not at every later test
+            self._stage(trainer, pl_module, "test_end")
 
-    def run_stage(self, trainer: Any, pl_module: torch.nn.Module, stage: str) -> None:
+    def _stage(self, trainer: Any, pl_module: torch.nn.Module, stage: str) -> None:
+        reason = skip_reason(pl_module)
+        if reason is not None:
+            self._log.warning("%s: not evaluated at %s: the model has %s", self.owner, stage, reason)
+            self.results = {self.skip_key: reason}
+            return
+        loader, source = find_loader(self.data_sources(trainer, stage))
+        if loader is not None:
+            try:
+                self.run_stage(trainer, pl_module, stage, loader, source)
+                return
+            except NoSamples:  # an empty loader is missing data too
+                source = f"{source} yielded no samples"
+        if stage == "fit_end":
+            self._log.warning(
+                "%s: no data at the end of fit (%s); will evaluate at trainer.test instead "
+                "(pass dataloader= to evaluate at fit end)", self.owner, source,
+            )
+            self._moved_to_test = True
+        else:
+            self._log.warning(
+                "%s: no data at the end of test (%s); not evaluated: pass dataloader= to the "
+                "callback", self.owner, source,
+            )
+            self.results = {self.skip_key: "no data"}
+
+    def data_sources(self, trainer: Any, stage: str) -> list[Source]:
+        """Where this callback's data may come from at ``stage``, in order."""
+        raise NotImplementedError
+
+    def run_stage(
+        self, trainer: Any, pl_module: torch.nn.Module, stage: str, loader: Iterable[Any], source: str
+    ) -> None:
+        """Evaluate ``pl_module`` on ``loader``; log and store the results."""
         raise NotImplementedError
 
 
@@ -158,54 +232,73 @@ def default_batch_to_xy(batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
     )
 
 
-def resolve_loader(
-    trainer: Any,
-    owner: str,
-    dataloader: Iterable[Any] | None,
-    names: Sequence[str],
-    running: str | None = None,
-) -> tuple[Iterable[Any], str]:
-    """The data a callback evaluates on, and where it came from, in this order:
+def given(dataloader: Iterable[Any] | None) -> list[Source]:
+    """The callback's own ``dataloader=`` as a source (none when not given)."""
+    return [] if dataloader is None else [("dataloader=", lambda: dataloader)]
 
-    1. ``dataloader`` as given to the callback (source ``"dataloader="``);
-    2. the first of the trainer's datamodule's methods ``names`` that exists and returns
-       a loader (source: that name);
-    3. the trainer's attribute ``running`` (the loader(s) of the running fit or test; the
-       first one; source ``"trainer.<running>"``).
-    """
-    if dataloader is not None:
-        return dataloader, "dataloader="
-    dm = getattr(trainer, "datamodule", None)
-    for name in names:
-        fn = getattr(dm, name, None) if dm is not None else None
-        if not callable(fn):
-            continue
+
+def datamodule_source(trainer: Any, name: str) -> Source:
+    """The trainer's datamodule's ``name()`` as a source: None when there is no
+    datamodule, no such method, or only Lightning's placeholder (which raises)."""
+
+    def get() -> Any:
+        dm = getattr(trainer, "datamodule", None)
+        method = getattr(dm, name, None) if dm is not None else None
+        if not callable(method) or _lightning_placeholder(dm, name):
+            return None
+        return first_loader(method())
+
+    return f"the datamodule's {name}()", get
+
+
+def trainer_source(trainer: Any, attr: str) -> Source:
+    """The trainer's ``attr`` (``train_dataloader``, ``test_dataloaders``: the loader(s)
+    Lightning runs on, however the user passed them) as a source."""
+    return f"trainer.{attr}", lambda: first_loader(getattr(trainer, attr, None))
+
+
+def find_loader(sources: Iterable[Source]) -> tuple[Iterable[Any] | None, str]:
+    """The first source's loader that exists: ``(loader, source name)``; else
+    ``(None, why)``. A source that raises (a datamodule whose ``test_dataloader()``
+    needs ``setup("test")``, say) is unavailable now, not an error: the hook must not break
+    the fit, and Lightning reports the same failure itself if the user runs that stage."""
+    tried = []
+    for name, get in sources:
         try:
-            loader = fn()
-        except Exception as err:
-            raise RuntimeError(
-                f"{owner}: the datamodule's {name}() failed ({type(err).__name__}: {err}); "
-                "pass dataloader= to the callback"
-            ) from err
+            loader = get()
+        except Exception as err:  # noqa: BLE001 - any failure means "not available now"
+            first_line = (str(err).splitlines() or [""])[0][:200]
+            tried.append(f"{name}: failed, {type(err).__name__}: {first_line}")
+            continue
         if loader is not None:
             return loader, name
-    if running is not None:
-        loader = _first_loader(getattr(trainer, running, None))
-        if loader is not None:
-            return loader, f"trainer.{running}"
-    wanted = " or ".join(f"{n}()" for n in names)
-    raise ValueError(
-        f"{owner}: no data to evaluate on: pass dataloader= to the callback "
-        f"or give the Trainer a datamodule with {wanted}"
-    )
+        tried.append(f"{name}: none")
+    return None, "; ".join(tried) or "no source"
 
 
-def _first_loader(loaders: Any) -> Iterable[Any] | None:
-    if isinstance(loaders, (list, tuple)):
-        return loaders[0] if loaders else None
-    if isinstance(loaders, Mapping):
-        return next(iter(loaders.values()), None)
-    return loaders
+def first_loader(loaders: Any) -> Iterable[Any] | None:
+    """The first loader of what Lightning holds: a loader, a list/tuple/dict of loaders
+    or a ``CombinedLoader`` (whose batches are tuples with indices, so it is unwrapped)."""
+    while True:
+        if _is_combined_loader(loaders):
+            loaders = loaders.iterables
+        elif isinstance(loaders, (list, tuple)):
+            loaders = loaders[0] if loaders else None
+        elif isinstance(loaders, Mapping):
+            loaders = next(iter(loaders.values()), None)
+        else:
+            return loaders
+
+
+def _is_combined_loader(obj: Any) -> bool:
+    return type(obj).__name__ == "CombinedLoader" and hasattr(obj, "iterables")
+
+
+def _lightning_placeholder(obj: Any, name: str) -> bool:
+    """Whether ``type(obj).name`` is Lightning's own default (``LightningDataModule``'s
+    ``test_dataloader()`` raises "must be implemented"), not the user's method."""
+    owner = next((k for k in type(obj).__mro__ if name in vars(k)), None)
+    return owner is not None and owner.__module__.split(".")[0] in ("pytorch_lightning", "lightning")
 
 
 @contextlib.contextmanager
@@ -240,7 +333,7 @@ def take_samples(
         if num_samples is not None and seen >= num_samples:
             break
     if seen == 0:
-        raise ValueError("no data to evaluate on: the dataloader yielded no samples")
+        raise NoSamples("no data to evaluate on: the dataloader yielded no samples")
     return batches
 
 

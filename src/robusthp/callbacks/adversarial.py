@@ -10,11 +10,25 @@ The module's ``forward`` must map ``[0, 1]`` pixels to logits (normalization ins
 Runs once at the end of fit (``on_train_end``: the module is still on its device;
 ``on_fit_end`` comes after Lightning moved it to the CPU; skipped when the fit was
 interrupted) and/or at the end of test (``on_test_epoch_end``, where inference mode is
-switched off for the attack). Data: ``dataloader=`` if given, else the datamodule's
-``test_dataloader()``, else (test stage) the loader given to ``trainer.test``. Only
-global rank zero computes. Hooks, data, skip rules, progress bar and the common argument
-checks are shared with ``HessianEigenvalues`` (``_lightning.py``); the keyword defaults
-are ``robusthp.settings.AdversarialSettings``'.
+switched off for the attack). Only global rank zero computes. A diverged model (its
+``diverged`` attribute, or non-finite parameters) is not attacked: one warning, and
+``results == {"adversarial_skipped": "diverged"}`` (or ``"non-finite parameters"``).
+
+Data, never the training data:
+
+* ``dataloader=`` when given, at every stage;
+* at the end of fit: the datamodule's ``test_dataloader()`` (``trainer.fit(model,
+  datamodule=dm)``). Nothing there (plain loaders to ``fit``, a datamodule without
+  ``test_dataloader()``, or one that needs ``setup("test")`` first): one warning, and
+  the attack runs at the end of the next ``trainer.test`` instead, even when ``on`` lacks
+  "test_end". It never raises inside the user's fit for missing data;
+* at the end of test: the loaders that test runs on (``trainer.test_dataloaders``, the
+  first of several), however they were given: ``trainer.test(model, loader)``,
+  ``datamodule=``, or the module's own ``test_dataloader()``.
+
+Hooks, data rules, skip rules, progress bar and the common argument checks are shared
+with ``HessianEigenvalues`` (``_lightning.py``); the keyword defaults are
+``robusthp.settings.AdversarialSettings``'.
 
 Result keys. One eps: ``clean_acc``, ``fgsm_acc``, ``pgd_acc``. Several eps: also
 ``fgsm_acc@<eps>``/``pgd_acc@<eps>`` for each eps (``f"{eps:g}"``, e.g. ``pgd_acc@0.1``),
@@ -57,6 +71,8 @@ _OWNER = "AdversarialRobustness"
 class _AdversarialRobustnessLogic(shared.StageHooks):
     """Lightning-free logic; ``AdversarialRobustness`` adds the Callback bases."""
 
+    owner, skip_key, _log = _OWNER, "adversarial_skipped", log
+
     def __init__(
         self,
         eps: float | Sequence[float],
@@ -83,18 +99,27 @@ class _AdversarialRobustnessLogic(shared.StageHooks):
             _OWNER, on=on, num_samples=num_samples, batch_size=batch_size, batch_to_xy=batch_to_xy
         )
         self.dataloader, self.seed, self.progress = dataloader, int(seed), bool(progress)
-        self.results: dict[str, float] = {}
+        self.results: dict[str, Any] = {}
 
     # ------------------------------------------------------------ Lightning hooks
 
-    def run_stage(self, trainer: Any, pl_module: nn.Module, stage: str) -> None:
+    def data_sources(self, trainer: Any, stage: str) -> list[shared.Source]:
+        """Test data only (see the module docstring): at fit end the datamodule's, at test
+        end the running test's."""
+        if self.dataloader is not None:
+            return shared.given(self.dataloader)
+        if stage == "fit_end":
+            return [shared.datamodule_source(trainer, "test_dataloader")]
+        return [shared.trainer_source(trainer, "test_dataloaders")]
+
+    def run_stage(
+        self, trainer: Any, pl_module: nn.Module, stage: str, loader: Iterable[Any], source: str
+    ) -> None:
         """Evaluate, log and store now (``StageHooks`` calls it at a chosen stage)."""
-        running = "test_dataloaders" if stage == "test_end" else None  # never the train data
-        loader, _ = shared.resolve_loader(trainer, _OWNER, self.dataloader, ("test_dataloader",), running)
         with gradients_on():  # test hooks run under inference mode
             self.results = self.evaluate(pl_module, loader, device=pl_module.device)
         shared.log_to_loggers(trainer, {LOG_PREFIX + k: v for k, v in self.results.items() if "_acc" in k})
-        log.info("adversarial robustness (%s): %s", stage, self.results)
+        log.info("adversarial robustness (%s, data: %s): %s", stage, source, self.results)
 
     # ------------------------------------------------------------ the evaluation
 
@@ -150,7 +175,9 @@ class AdversarialRobustness(_AdversarialRobustnessLogic, *shared.callback_bases(
             ``2.5 * eps / pgd_steps`` per eps. random_start: PGD random start (default
             False), drawn from a private generator seeded ``seed``.
         num_samples: evaluate on the first N test points (default None: all).
-        dataloader: data to attack (default: the datamodule's ``test_dataloader()``).
+        dataloader: data to attack. Default: the datamodule's ``test_dataloader()`` at fit
+            end, the running test's loader at test end; no data at fit end moves the
+            attack to the next ``trainer.test`` (see the module docstring).
         batch_to_xy: ``batch -> (x, y)``; default handles tuples and common dict keys.
         on: any of ``"fit_end"`` (``on_train_end``), ``"test_end"`` (``on_test_epoch_end``).
         batch_size: re-batch the samples for the attack (default 1000; None: the loader's
@@ -159,7 +186,9 @@ class AdversarialRobustness(_AdversarialRobustnessLogic, *shared.callback_bases(
 
     Defaults are ``robusthp.settings.AdversarialSettings``' (the CLI's too).
 
-    After a run, ``self.results`` holds the metrics (see the module docstring).
+    After a run, ``self.results`` holds the metrics (see the module docstring), or
+    ``{"adversarial_skipped": reason}`` when it did not run ("diverged", "non-finite
+    parameters", "no data").
     """
 
 

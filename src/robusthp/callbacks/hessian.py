@@ -5,9 +5,10 @@
 
 The logic lives in a Lightning-free mixin; the public class also subclasses the ``Callback``
 class of every installed Lightning namespace. Hooks, skip rules (global rank zero only, no
-evaluation of an interrupted fit), data, the RNG guard, the progress bar and the common
-argument checks are shared with ``AdversarialRobustness`` (``_lightning.py``); the keyword
-defaults are ``robusthp.settings.HessianSettings``' (the CLI's too).
+evaluation of an interrupted fit or of a diverged model), data rules, the RNG guard, the
+progress bar and the common argument checks are shared with ``AdversarialRobustness``
+(``_lightning.py``); the keyword defaults are ``robusthp.settings.HessianSettings``' (the
+CLI's too).
 """
 
 from __future__ import annotations
@@ -25,13 +26,12 @@ from robusthp.settings import HessianSettings, integer, positive_number
 log = logging.getLogger(__name__)
 
 _OWNER = "HessianEigenvalues"
-_LOADERS = ("eval_train_dataloader", "train_dataloader")  # the datamodule's, in this order
+_STABLE = ("dataloader=", "the datamodule's eval_train_dataloader()")  # sources that need no warning
 
 _UNSTABLE_LOADER_WARNING = (
-    "HessianEigenvalues: the datamodule has no eval_train_dataloader(); using "
-    "train_dataloader(), whose shuffling or augmentation makes the Hessian's data subset "
-    "vary between runs. Add eval_train_dataloader() (training split, unshuffled, "
-    "unaugmented) or pass dataloader=."
+    "HessianEigenvalues: using %s, whose shuffling or augmentation makes the Hessian's data "
+    "subset vary between runs; pass dataloader= (training split, unshuffled, unaugmented) "
+    "or give the datamodule an eval_train_dataloader()"
 )
 
 
@@ -55,10 +55,16 @@ class _HessianLogic(shared.StageHooks):
         batch_size: re-batch the samples for the products (default 1024; None: the
             loader's batches). Larger batches are faster, smaller ones need less memory;
             the loss, hence the eigenvalues, is the same up to float rounding.
-        dataloader: the data to use; by default the trainer's datamodule's
-            ``eval_train_dataloader()`` (robusthp's: training split, unshuffled,
-            unaugmented), else its ``train_dataloader()`` (with a warning), else the
-            training loader of the running fit (with the same warning).
+        dataloader: the data to use. By default, at either stage, the first of: the
+            datamodule's ``eval_train_dataloader()`` (robusthp's: training split,
+            unshuffled, unaugmented); the loader of the fit (``trainer.train_dataloader``,
+            whatever was given to ``fit``: plain loader, datamodule or the module's own
+            hook; the first of several; kept from the last fit for a later
+            ``trainer.test``, where Lightning no longer holds it); the datamodule's
+            ``train_dataloader()``. All but the first warn that shuffling or augmentation
+            makes the subset vary. Never the test data. None at all at fit end: one
+            warning and the measurement moves to the next ``trainer.test``; none there
+            either: one warning, ``results == {"hessian_skipped": "no data"}``.
         batch_to_xy: batch -> (x, y) for batches that are not (x, y, ...) tuples or dicts
             with x/y, input/target, image/label or images/labels keys.
         on: stages to measure at, among "fit_end" and "test_end" (or one string).
@@ -73,9 +79,13 @@ class _HessianLogic(shared.StageHooks):
     ``hessian/num_hvp`` and ``hessian/seconds`` to the trainer's loggers, and keeps
     ``self.results`` (hessian_top_eig, hessian_eigs, hessian_backend, hessian_num_hvp,
     hessian_converged, hessian_time_s, hessian_num_samples). Computed on global rank zero
-    only; an interrupted fit is not measured. Leaves module modes, ``.grad`` and the
-    global RNGs (torch's CPU, Python's, NumPy's) as found.
+    only; an interrupted fit is not measured, nor is a diverged model (its ``diverged``
+    attribute or non-finite parameters: one warning, ``results == {"hessian_skipped":
+    "diverged"}``). Leaves module modes, ``.grad`` and the global RNGs (torch's CPU,
+    Python's, NumPy's) as found.
     """
+
+    owner, skip_key, _log = _OWNER, "hessian_skipped", log
 
     def __init__(
         self,
@@ -107,20 +117,47 @@ class _HessianLogic(shared.StageHooks):
         self.backend, self.seed, self.dataloader = backend, seed, dataloader
         self.progress, self.loss_fn, self.reuse_graph = progress, loss_fn, reuse_graph
         self.results: dict[str, Any] = {}
+        self._fit_loaders: Any = None  # what the last fit trained on (on_train_end)
 
     # ----------------------------------------------------------------- Lightning hooks
 
-    def run_stage(self, trainer: Any, pl_module: torch.nn.Module, stage: str) -> None:
-        """``StageHooks`` calls it at a chosen stage."""
-        self.measure(trainer, pl_module)
+    def on_train_end(self, trainer: Any, pl_module: torch.nn.Module) -> None:
+        # Lightning forgets the fit's loader once fit ends: keep it for on="test_end"
+        self._fit_loaders = getattr(trainer, "train_dataloader", None)
+        super().on_train_end(trainer, pl_module)
+
+    def data_sources(self, trainer: Any, stage: str) -> list[shared.Source]:
+        """Training data only, the same at both stages (see ``dataloader`` above)."""
+        if self.dataloader is not None:
+            return shared.given(self.dataloader)
+
+        def fit_loaders() -> Any:
+            now = getattr(trainer, "train_dataloader", None)
+            return shared.first_loader(now if now is not None else self._fit_loaders)
+
+        return [
+            shared.datamodule_source(trainer, "eval_train_dataloader"),
+            ("the loader given to fit", fit_loaders),
+            shared.datamodule_source(trainer, "train_dataloader"),
+        ]
+
+    def run_stage(
+        self, trainer: Any, pl_module: torch.nn.Module, stage: str, loader: Iterable[Any], source: str
+    ) -> None:
+        """``StageHooks`` calls it at a chosen stage, with the data it found."""
+        self.measure(trainer, pl_module, loader, source)
 
     # ----------------------------------------------------------------- logic
 
-    def measure(self, trainer: Any, pl_module: torch.nn.Module) -> HessianResult | None:
-        """Compute, log and store the eigenvalues now (global rank zero only)."""
+    def measure(
+        self, trainer: Any, pl_module: torch.nn.Module, loader: Iterable[Any], source: str = "dataloader="
+    ) -> HessianResult | None:
+        """Compute, log and store the eigenvalues on ``loader`` now (global rank zero only)."""
         if not getattr(trainer, "is_global_zero", True):
             return None
-        batches = self._batches(trainer)
+        batches = shared.gather_batches(loader, self.num_samples, self.batch_to_xy, self.batch_size)
+        if source not in _STABLE:
+            log.warning(_UNSTABLE_LOADER_WARNING, source)
         result = self._compute(pl_module, batches)
         num_samples = sum(len(y) for _, y in batches)
         metrics = {"hessian/top_eig": result.top}
@@ -155,14 +192,6 @@ class _HessianLogic(shared.StageHooks):
                 result.seconds,
             )
         return result
-
-    def _batches(self, trainer: Any) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        loader, source = shared.resolve_loader(
-            trainer, _OWNER, self.dataloader, _LOADERS, running="train_dataloader"
-        )
-        if source not in ("dataloader=", _LOADERS[0]):
-            log.warning(_UNSTABLE_LOADER_WARNING)
-        return shared.gather_batches(loader, self.num_samples, self.batch_to_xy, self.batch_size)
 
     def _compute(self, pl_module: torch.nn.Module, batches) -> HessianResult:
         with shared.progress_bar(self.progress, f"Hessian ({self.backend}), HVPs") as progress:
