@@ -19,8 +19,10 @@ that of a trained net), on those same 1000 images:
 Lanczos's advantage grows as lambda_2 / lambda_1 nears 1 (power iteration converges like
 (lambda_2 / lambda_1)^(2k)); the script prints that ratio.
 
-Both backends see the 1000 images as one batch and reuse the gradient graph across
-products (PyHessian's single-batch mode). Data: torchvision MNIST under $ROBUSTHP_DATA_DIR
+Both backends see the 1000 images as one batch, whose gradient graph they keep across
+products (PyHessian's single-batch mode; with one batch ``top_eigenvalues`` keeps it
+whatever ``reuse_graph`` says, the peak memory being that batch's graph either way). For
+several batches, the bounded default against the kept graph: benchmarks/hessian_memory.py. Data: torchvision MNIST under $ROBUSTHP_DATA_DIR
 or ../shared/datasets (download=False).
 
     python benchmarks/hessian.py --threads 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import weakref
 
 import pytest
 import torch
@@ -10,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from robusthp.hessian import backends, top_eigenvalues
+from robusthp.hessian import _HVP, backends, top_eigenvalues
 
 BACKENDS = backends()
 TIGHT = {"tol": 1e-9, "max_iter": 400}
@@ -31,6 +32,12 @@ def two_batches(dtype=torch.float64, sizes=(10, 7), dim=8, classes=3):
 
 def dense_eigenvalues(model: nn.Module, batches) -> torch.Tensor:
     """Eigenvalues (descending) of the dense Hessian of the size-weighted mean loss, float64."""
+    return torch.linalg.eigvalsh(dense_hessian(model, batches)).flip(0)
+
+
+def dense_hessian(model: nn.Module, batches) -> torch.Tensor:
+    """The dense Hessian of the size-weighted mean loss, float64, over the parameters with
+    requires_grad in ``named_parameters`` order (converts ``model`` to float64)."""
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     flat0 = torch.cat([p.detach().double().reshape(-1) for _, p in named])
     total = sum(len(y) for _, y in batches)
@@ -46,8 +53,7 @@ def dense_eigenvalues(model: nn.Module, batches) -> torch.Tensor:
             for x, y in batches
         )
 
-    hess = torch.autograd.functional.hessian(loss, flat0)
-    return torch.linalg.eigvalsh(hess).flip(0)
+    return torch.autograd.functional.hessian(loss, flat0)
 
 
 def rel(a: float, b: float) -> float:
@@ -260,6 +266,128 @@ def test_pyhessian_module_is_left_alone(reuse_graph):
 def test_max_iter_caps_work_and_reports_not_converged():
     res = top_eigenvalues(mlp(), two_batches(), top_n=2, max_iter=3, tol=1e-12, backend="lanczos")
     assert res.num_hvp == 3 and not res.converged and len(res.eigenvalues) == 2
+
+
+# --------------------------------------------------------------------------- bounded memory
+
+
+@pytest.mark.parametrize("sizes", [(10, 7), (3, 14)])
+def test_per_batch_product_matches_dense_hessian_times_v(sizes):
+    """Bounded (batch by batch, size-weighted), kept (graph of both batches) and one
+    concatenated batch: all three are the dense Hessian of the whole loss times v."""
+    batches = two_batches(sizes=sizes)
+    hess = dense_hessian(mlp(), batches)
+    v = torch.randn(len(hess), generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    whole = [(torch.cat([x for x, _ in batches]), torch.cat([y for _, y in batches]))]
+    for data, reuse in [(batches, False), (batches, True), (whole, False)]:
+        hvp = _HVP(mlp(), data, F.cross_entropy, reuse_graph=reuse)
+        assert hvp.kept == (reuse or len(data) == 1)  # a single batch keeps its graph
+        assert hvp.dim == len(hess) == 195
+        torch.testing.assert_close(hvp(v), hess @ v, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(hvp(2 * v), 2 * (hess @ v), rtol=1e-10, atol=1e-12)
+
+
+def test_per_batch_product_with_unused_parameter_is_the_used_part():
+    batches = two_batches(sizes=(5, 12))
+    hess = dense_hessian(mlp(), batches)
+    hvp = _HVP(WithUnused(mlp()), batches, F.cross_entropy, reuse_graph=False)
+    assert not hvp.kept and hvp.dim == len(hess)
+    v = torch.randn(hvp.dim, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    torch.testing.assert_close(hvp(v), hess @ v, rtol=1e-10, atol=1e-12)
+
+
+def concatenated(batches):
+    return [(torch.cat([x for x, _ in batches]), torch.cat([y for _, y in batches]))]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_bounded_equals_all_at_once(backend):
+    """Batch by batch (the default) = the graph kept = one concatenated batch, to rounding:
+    a float64 MLP (top 2, converged) and a float32 CNN with BatchNorm and dropout (eval
+    mode), the latter at a fixed number of products (no tol stop)."""
+    cases = [
+        (mlp, two_batches(sizes=(9, 4, 8)), {"top_n": 2, **TIGHT}),
+        (trained_cnn, image_batches(sizes=(12, 7, 14)), {"tol": 1e-12, "max_iter": 30}),
+    ]
+    for make, batches, kwargs in cases:
+        bounded = top_eigenvalues(make(), batches, backend=backend, **kwargs)
+        kept = top_eigenvalues(make(), batches, backend=backend, reuse_graph=True, **kwargs)
+        whole = top_eigenvalues(make(), concatenated(batches), backend=backend, **kwargs)
+        for other in (kept, whole):
+            assert other.num_hvp == bounded.num_hvp
+            torch.testing.assert_close(
+                torch.tensor(bounded.eigenvalues), torch.tensor(other.eigenvalues),
+                rtol=1e-5, atol=0,
+            )
+
+
+def test_pyhessian_all_at_once_is_plain_pyhessian_on_the_concatenated_batch():
+    """reuse_graph=True: exactly PyHessian's single-batch mode on all samples (as before)."""
+    from pyhessian import hessian as PyHessian
+
+    batches = image_batches(sizes=(12, 7, 14))
+    res = top_eigenvalues(trained_cnn(), batches, backend="pyhessian", top_n=2, seed=3,
+                          reuse_graph=True)
+    model = trained_cnn()
+    torch.manual_seed(3)
+    plain, _ = PyHessian(model, F.cross_entropy, data=concatenated(batches)[0],
+                         cuda=False).eigenvalues(maxIter=100, tol=1e-3, top_n=2)
+    assert res.eigenvalues == sorted(plain, reverse=True)
+
+
+def live_graph_probe(model: nn.Module, module: nn.Module):
+    """Weak references to every output of ``module`` (saved by autograd while its graph is
+    alive); ``counts`` records how many earlier ones are alive at each forward of it and,
+    via the returned ``on_hvp``, after each product."""
+    refs, counts = [], []
+
+    def alive() -> int:
+        return sum(r() is not None for r in refs)
+
+    def hook(_module, _inputs, out):
+        counts.append(alive())
+        refs.append(weakref.ref(out))
+
+    module.register_forward_hook(hook)
+    return counts, lambda _n: counts.append(alive())
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_bounded_path_keeps_no_graph_alive(backend):
+    """By default no batch's graph outlives its share of a product: at each forward of a
+    layer and after each product no earlier output of it (which its graph holds) is
+    alive. With reuse_graph=True (the old default) they are."""
+    batches = two_batches(sizes=(6, 5, 6))
+    for reuse in (False, True):
+        model = mlp()
+        counts, on_hvp = live_graph_probe(model, model[1])  # Tanh saves its output
+        kwargs = {} if not reuse else {"reuse_graph": True}
+        res = top_eigenvalues(model, batches, backend=backend, max_iter=4, tol=1e-12,
+                              on_hvp=on_hvp, **kwargs)
+        assert res.num_hvp == 4
+        if reuse:
+            assert max(counts) >= 1  # the probe sees a kept graph
+        else:
+            assert len(counts) > 4 * len(batches) and max(counts) == 0
+
+
+class DataDependent(nn.Module):
+    """Uses ``extra`` only for batches of more than two samples."""
+
+    def __init__(self):
+        super().__init__()
+        self.net, self.extra = mlp(), nn.Linear(8, 3).double()
+
+    def forward(self, x):
+        out = self.net(x)
+        return out + torch.tanh(self.extra(x)) if len(x) > 2 else out
+
+
+def test_bounded_path_refuses_curvature_missing_from_the_probe():
+    with pytest.raises(RuntimeError, match="reuse_graph=True"):
+        top_eigenvalues(DataDependent(), two_batches(), backend="lanczos")
+    res = top_eigenvalues(DataDependent(), two_batches(), backend="lanczos", reuse_graph=True)
+    assert res.converged
 
 
 @pytest.mark.parametrize(

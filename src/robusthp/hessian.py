@@ -29,8 +29,13 @@ Backends (``top_eigenvalues(..., backend=...)``):
 Only parameters with ``requires_grad`` that receive a gradient enter the Hessian; the zero
 rows of unused parameters are left out (so are their zero eigenvalues).
 
-Memory: Lanczos keeps one vector of the parameter count per iteration (``max_iter`` at
-most); ``reuse_graph=True`` keeps the double-backward graph of every batch alive.
+Memory: by default (``reuse_graph=False``) a Hessian-vector product runs batch by batch,
+the gradient with ``create_graph`` and the second backward of one batch, whose graph is
+freed before the next: the peak is one batch's graph, so the batch size bounds it (the
+callback re-batches to ``eval.hessian.batch_size``). ``reuse_graph=True`` keeps the
+gradient graph of every batch alive across products: fewer backward passes per product,
+memory growing with the number of samples (benchmarks/hessian_memory.py measures both).
+Lanczos also keeps one vector of the parameter count per iteration (``max_iter`` at most).
 """
 
 from __future__ import annotations
@@ -86,32 +91,39 @@ class _HVP:
     """Hessian-vector products of the size-weighted mean loss, on flat vectors.
 
     ``active`` are the parameters whose gradient depends on the parameters (others have a
-    zero Hessian row and column). With ``reuse_graph`` the gradient graph of all batches is
-    built once and every product runs one backward through it (retain_graph); otherwise
-    each product rebuilds it batch by batch (less memory, one extra backward per batch).
+    zero Hessian row and column). Two ways to make a product:
+
+    - bounded (``reuse_graph=False``, the default): per batch, the gradient with
+      ``create_graph`` and at once the second backward through it, which frees that
+      batch's graph before the next batch is touched; H v = sum_b (n_b / N) H_b v. Peak
+      memory is one batch's double-backward graph, whatever the number of batches; each
+      product costs one extra forward and backward per batch.
+    - kept (``reuse_graph=True``): the gradient graph of all batches is built once and
+      every product is one backward through it (retain_graph). Faster, but all batches'
+      activations and first-backward graphs stay alive for the whole run.
+
+    With a single batch both are the same peak memory (that batch's graph), so the graph is
+    kept either way. Which parameters are active is read off the kept graph, or, bounded,
+    off a two-sample probe of the first batch (a structural property: only models whose
+    control flow depends on the data could differ between batches; the products check it).
     """
 
     def __init__(self, model: nn.Module, batches: list[Batch], loss_fn: LossFn, reuse_graph: bool):
         self.model, self.batches, self.loss_fn = model, batches, loss_fn
         total = sum(len(y) for _, y in batches)
         self.weights = [len(y) / total for _, y in batches]
-        params = [p for p in model.parameters() if p.requires_grad]
-        if not params:
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        if not self.params:
             raise ValueError("the model has no parameter with requires_grad=True")
         self.grads: Vec | None = None
-        if reuse_graph:
-            grads = self._grads(params, batches, self.weights)
-            keep = [g is not None and g.requires_grad for g in grads]
+        self.kept = reuse_graph or len(batches) == 1
+        if self.kept:
+            grads = self._grads(self.params, batches, self.weights)
+            keep = [_curved(g) for g in grads]
             self.grads = [g for g, k in zip(grads, keep, strict=True) if k]
         else:
-            keep = [False] * len(params)
-            for batch in batches:  # one graph alive at a time
-                grads = self._grads(params, [batch], [1.0])
-                keep = [
-                    k or (g is not None and g.requires_grad)
-                    for k, g in zip(keep, grads, strict=True)
-                ]
-        self.active = [p for p, k in zip(params, keep, strict=True) if k]
+            keep = curvature_mask(model, loss_fn, self.params, batches[0])
+        self.active = [p for p, k in zip(self.params, keep, strict=True) if k]
         if not self.active:
             raise ValueError("the loss has no curvature in any parameter (no second derivative)")
         self.dim = sum(p.numel() for p in self.active)
@@ -139,30 +151,55 @@ class _HVP:
             ]
         )
 
-    def _product(self, grads: Vec, v: Vec, retain: bool) -> Vec:
-        return list(
-            torch.autograd.grad(grads, self.active, v, retain_graph=retain, allow_unused=True)
-        )
+    def batch_product(self, batch: Batch, parts: Vec) -> Vec:
+        """H_b v for one batch's mean loss; its graph is freed before this returns."""
+        active = {id(p) for p in self.active}
+        grads = self._grads(self.params, [batch], [1.0])
+        used, stray = [], []
+        for p, g in zip(self.params, grads, strict=True):
+            if id(p) in active:
+                used.append(g)
+            elif _curved(g):
+                stray.append(p)
+        if stray:
+            raise RuntimeError(
+                f"{len(stray)} parameter(s) have curvature in this batch but not in the probe "
+                "of the first one (data-dependent control flow?): use reuse_graph=True"
+            )
+        pairs = [(g, u) for g, u in zip(used, parts, strict=True) if _curved(g)]
+        if not pairs:  # no active parameter has curvature in this batch
+            return [None] * len(self.active)
+        hb = torch.autograd.grad(
+            [g for g, _ in pairs], self.active, [u for _, u in pairs], allow_unused=True
+        )  # retain_graph=False: the batch's saved tensors go here
+        return list(hb)
 
     def __call__(self, v: torch.Tensor) -> torch.Tensor:
         """H v for a flat vector v of length ``dim``."""
         parts = self.split(v)
         self.count += 1
         if self.grads is not None:
-            return self.flat(self._product(self.grads, parts, retain=True))
+            hb = torch.autograd.grad(
+                self.grads, self.active, parts, retain_graph=True, allow_unused=True
+            )
+            return self.flat(hb)
         hv = torch.zeros_like(v)
         for w, batch in zip(self.weights, self.batches, strict=True):
-            grads = self._grads(self.active, [batch], [1.0])
-            used = [
-                (g, u)
-                for g, u in zip(grads, parts, strict=True)
-                if g is not None and g.requires_grad
-            ]
-            hb = torch.autograd.grad(
-                [g for g, _ in used], self.active, [u for _, u in used], allow_unused=True
-            )
-            hv.add_(self.flat(hb), alpha=w)
+            hv.add_(self.flat(self.batch_product(batch, parts)), alpha=w)
         return hv
+
+
+def _curved(g: torch.Tensor | None) -> bool:
+    """Whether a gradient computed with create_graph depends on the parameters."""
+    return g is not None and g.requires_grad
+
+
+def curvature_mask(model: nn.Module, loss_fn: LossFn, params: Vec, batch: Batch) -> list[bool]:
+    """Per parameter, whether the loss has curvature in it, from the first two samples."""
+    x, y = batch
+    loss = loss_fn(model(x[:2]), y[:2])
+    grads = torch.autograd.grad(loss, params, create_graph=True, allow_unused=True)
+    return [_curved(g) for g in grads]
 
 
 # --------------------------------------------------------------------------- Lanczos
@@ -331,7 +368,7 @@ def _pyhessian_changes(record: list[float], top_n: int, max_iter: int, tol: floa
 
 def _pyhessian(
     model: nn.Module,
-    hvp: _HVP,
+    loss_fn: LossFn,
     batches: list[Batch],
     top_n,
     max_iter,
@@ -340,12 +377,21 @@ def _pyhessian(
     reuse_graph,
     on_hvp,
 ) -> tuple:
-    device = hvp.device
+    """PyHessian's ``eigenvalues``. reuse_graph: the batches concatenated into one, PyHessian's
+    single-batch mode (its graph kept across products); else its dataloader mode, which
+    makes each product batch by batch, freeing each batch's graph (bounded memory). A
+    single batch is always the single-batch mode (the same peak memory either way)."""
+    device = batches[0][0].device
     if device.type not in ("cpu", "cuda"):
         raise ValueError(f"backend 'pyhessian' runs on cpu or cuda only, the model is on {device}")
     cuda = device.type == "cuda"
-    active = {id(p) for p in hvp.active}
-    inactive = [p for p in model.parameters() if p.requires_grad and id(p) not in active]
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("the model has no parameter with requires_grad=True")
+    mask = curvature_mask(model, loss_fn, params, batches[0])  # PyHessian needs every .grad
+    if not any(mask):
+        raise ValueError("the loss has no curvature in any parameter (no second derivative)")
+    inactive = [p for p, curved in zip(params, mask, strict=True) if not curved]
     if reuse_graph and len(batches) > 1:  # one batch = PyHessian's graph-reusing mode
         batches = [(torch.cat([x for x, _ in batches]), torch.cat([y for _, y in batches]))]
     source = {"data": batches[0]} if len(batches) == 1 else {"dataloader": batches}
@@ -368,7 +414,7 @@ def _pyhessian(
         warnings.filterwarnings("ignore", message="Using backward\\(\\) with create_graph=True")
         torch.default_generator.manual_seed(seed)  # PyHessian draws randn on the CPU
         h = _counted_pyhessian_class()(
-            model, hvp.loss_fn, cuda=cuda, on_product=on_product, **source
+            model, loss_fn, cuda=cuda, on_product=on_product, **source
         )
         values, _ = h.eigenvalues(maxIter=max_iter, tol=tol, top_n=top_n)
         del h  # drops its create_graph gradients (preserved_grads resets .grad)
@@ -419,7 +465,7 @@ def top_eigenvalues(
     tol: float = HessianSettings.tol,
     seed: int = 0,
     loss_fn: LossFn | None = None,
-    reuse_graph: bool = True,
+    reuse_graph: bool = False,
     on_hvp: Callable[[int], None] | None = None,
 ) -> HessianResult:
     """The ``top_n`` largest eigenvalues of the Hessian of the training loss.
@@ -436,9 +482,15 @@ def top_eigenvalues(
     max_iter: lanczos, HVPs at most; pyhessian, power iterations per eigenvalue.
     tol: lanczos, relative Ritz residual |beta_k s_k| / |theta|; pyhessian, relative change
       between successive estimates. seed: the random start vector (never the global RNG).
-    reuse_graph: keep the gradient graph across products (faster, more memory). pyhessian:
-      True concatenates the batches into one (PyHessian's graph-reusing single-batch mode),
-      False uses its dataloader mode (forward and backward again per batch and product).
+    reuse_graph: False (default): bounded memory, each product made batch by batch (the
+      gradient with create_graph, then the second backward, then the batch's graph freed),
+      so the peak is one batch's double-backward graph: the batch size bounds the memory.
+      True: the graph of all batches built once and kept across products (faster per
+      product, but every batch's activations and gradient graph alive at once: several GB
+      for thousands of CIFAR images on ResNet18). pyhessian: True concatenates the batches
+      into one (PyHessian's graph-reusing single-batch mode, its numbers as before), False
+      uses its dataloader mode (forward and backward again per batch and product). A
+      single batch keeps its graph either way (the same peak memory).
     on_hvp: called with the running HVP count after each product (progress bars).
     The caller's ``.grad``, train/eval modes and global RNG state are left as found.
     """
@@ -453,13 +505,11 @@ def top_eigenvalues(
         if backend == "lanczos":
             hvp = _HVP(model, data, loss_fn, reuse_graph)
             values, res, history = _lanczos(hvp, top_n, max_iter, tol, seed, on_hvp)
+            del hvp  # its kept graph, if any
         else:
-            probe = [(data[0][0][:2], data[0][1][:2])]  # which parameters get a gradient
-            hvp = _HVP(model, probe, loss_fn, reuse_graph=False)
             values, res, history = _pyhessian(
-                model, hvp, data, top_n, max_iter, tol, seed, reuse_graph, on_hvp
+                model, loss_fn, data, top_n, max_iter, tol, seed, reuse_graph, on_hvp
             )
-        del hvp
     pairs = sorted(zip(values, res, strict=True), key=lambda t: -t[0])
     return HessianResult(
         eigenvalues=[float(v) for v, _ in pairs],

@@ -71,8 +71,11 @@ class _HessianLogic(shared.StageHooks):
         progress: show a progress bar of Hessian-vector products (only when stderr is a
             terminal) and log the result.
         loss_fn: mean-reduced loss(logits, y); default cross-entropy (the training loss).
-        reuse_graph: keep the per-batch gradient graphs across products (faster; set False
-            when the graphs of ``num_samples`` samples do not fit in memory).
+        reuse_graph: False (default): each Hessian-vector product runs batch by batch and
+            frees each batch's graph, so memory is bounded by ``batch_size`` (C1 on 1,024
+            CIFAR images: 0.17x the peak memory, 1.3x the time per product;
+            benchmarks/hessian_memory.py). True: keep the graph of all ``num_samples``
+            samples across products (faster when it fits in memory).
 
     Defaults are ``robusthp.settings.HessianSettings``'. The LightningModule's
     ``forward(x)`` must return logits. Logs ``hessian/top_eig``, ``hessian/eig_1..top_n``,
@@ -101,7 +104,7 @@ class _HessianLogic(shared.StageHooks):
         on: str | Sequence[str] = ("fit_end",),
         progress: bool = True,
         loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
-        reuse_graph: bool = True,
+        reuse_graph: bool = False,
     ):
         super().__init__()
         if backend not in backends():
