@@ -10,6 +10,7 @@ from __future__ import annotations
 import pytest
 import pytorch_lightning as pl
 import torch
+from test_resume import _Crash  # kills the fit when an epoch starts, as a crash would
 from torch import nn
 
 from robusthp.data import DataSettings, ImageDataModule
@@ -40,17 +41,6 @@ class _Recorder(pl.LightningModule):
 
     def order(self, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
         return torch.cat(self.labels[epoch]), torch.cat(self.pixels[epoch])
-
-
-class _StopAt(pl.Callback):
-    """Kills the fit when epoch ``at`` starts (as a crash would), after its checkpoint."""
-
-    def __init__(self, at: int):
-        self.at = at
-
-    def on_train_epoch_start(self, trainer, pl_module):
-        if trainer.current_epoch == self.at:
-            raise RuntimeError("killed")
 
 
 def _fit(root, dataset, seed=0, epochs=EPOCHS, ckpt_dir=None, ckpt_path=None, callbacks=()):
@@ -92,7 +82,7 @@ def test_each_epoch_reshuffles_and_a_second_fit_sees_the_same_orders(synthetic_r
 def test_a_resumed_fit_sees_the_orders_of_an_uninterrupted_one(synthetic_root, tmp_path):
     unbroken, _ = _fit(synthetic_root, "cifar10")
     with pytest.raises(RuntimeError, match="killed"):
-        _fit(synthetic_root, "cifar10", ckpt_dir=tmp_path, callbacks=[_StopAt(2)])
+        _fit(synthetic_root, "cifar10", ckpt_dir=tmp_path, callbacks=[_Crash(at=2)])
     assert (tmp_path / "last.ckpt").is_file()
     resumed, _ = _fit(synthetic_root, "cifar10", ckpt_path=tmp_path / "last.ckpt")
     assert sorted(resumed.labels) == [2]  # only the last epoch ran again
