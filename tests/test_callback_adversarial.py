@@ -273,7 +273,10 @@ def test_evaluate_without_a_trainer():
     cb = small_callback(attacks="fgsm", num_samples=None, batch_size=None)
     loader = DataLoader(TensorDataset(*synthetic(40, seed=2)), batch_size=16)
     results = cb.evaluate(Net().net, loader)
-    assert set(results) == {"clean_acc", "fgsm_acc", "adversarial_num_samples", "adversarial_time_s"}
+    primary = f"fgsm_acc@{cb.eps[0]:g}"  # every eps also under its own key
+    assert set(results) == {"clean_acc", "fgsm_acc", primary, "adversarial_eps",
+                            "adversarial_num_samples", "adversarial_time_s"}
+    assert results[primary] == results["fgsm_acc"]
     assert results["adversarial_num_samples"] == 40
 
 

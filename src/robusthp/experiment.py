@@ -68,7 +68,8 @@ def build_callbacks(settings: RunSettings) -> list[pl.Callback]:
                 eps=list(adv.eps) if len(adv.eps) > 1 else adv.eps[0], attacks=adv.attacks,
                 pgd_steps=adv.pgd_steps, pgd_alpha=adv.pgd_alpha, random_start=adv.random_start,
                 num_samples=adv.num_samples, batch_size=adv.batch_size, seed=settings.train.seed,
-                progress=settings.train.progress_bar,
+                progress=settings.train.progress_bar, eps_space=adv.eps_space,
+                min_eps=adv.min_eps, min_eps_max=adv.min_eps_max,
             )
         )
     if hes.enabled:

@@ -95,6 +95,21 @@ def eps_values(value: Any, key: str) -> tuple[float, ...]:
     return tuple(float(v) for v in values)
 
 
+EPS_SPACES = ("pixel", "normalized")
+
+
+def eps_spaces(value: Any, key: str) -> tuple[str, ...]:
+    """One eps reading or a list of them (the first is the primary one), each once."""
+    values = (value,) if isinstance(value, str) else tuple(value or ())
+    bad = [v for v in values if v not in EPS_SPACES]
+    if not values or bad:
+        raise ValueError(f"{key} must be one of {', '.join(EPS_SPACES)} or a list of them, "
+                         f"got {value!r}")
+    if len(set(values)) != len(values):
+        raise ValueError(f"{key} lists a reading twice: {list(values)}")
+    return values
+
+
 def check_momentum(value: Any, key: str = "momentum") -> float | None:
     """None (the regime's own) or a number in [0, 1)."""
     if value is None:
@@ -252,9 +267,19 @@ class AdversarialSettings(Checked):
     random_start: bool = setting(False, "eval.adversarial.random_start", boolean)  # the paper states none
     num_samples: int | None = setting(None, "eval.adversarial.num_samples", integer(1, optional=True))  # None: all
     batch_size: int | None = setting(1000, "eval.adversarial.batch_size", integer(1, optional=True))
+    # how eps is read: "pixel" ([0, 1] pixels, the default: the unit of RobustBench and Madry
+    # et al.) or "normalized" (units of the model's input normalization, eps_pixel = eps x
+    # std per channel: Yao et al.'s code, whose eps the paper uses); a list evaluates both
+    eps_space: tuple[str, ...] = setting(("pixel",), "eval.adversarial.eps_space", eps_spaces,
+                                         config="pixel")
+    # per-example minimal L-inf perturbation eps* and the robustness curve acc(eps), in the
+    # primary reading, searched up to min_eps_max (None: twice the largest eps)
+    min_eps: bool = setting(False, "eval.adversarial.min_eps", boolean)
+    min_eps_max: float | None = setting(None, "eval.adversarial.min_eps_max", optional_positive_number)
 
 
 HESSIAN_BACKENDS = ("pyhessian", "lanczos")
+HESSIAN_SPLITS = ("train", "test")
 
 
 @dataclass(frozen=True)
@@ -272,6 +297,9 @@ class HessianSettings(Checked):
     max_iter: int = setting(100, "eval.hessian.max_iter", integer(1))
     tol: float = setting(1e-3, "eval.hessian.tol", positive_number)  # relative
     batch_size: int | None = setting(1024, "eval.hessian.batch_size", integer(1, optional=True))
+    # the loss whose curvature is measured: the training split (default, as the paper's "loss
+    # landscape of training") or the test split (as HessianFlow's code); recorded in results
+    split: str = setting("train", "eval.hessian.split", one_of(*HESSIAN_SPLITS))
 
 
 # ---------------------------------------------------------------------------- SGD

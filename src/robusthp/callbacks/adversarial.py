@@ -30,11 +30,22 @@ Hooks, data rules, skip rules, progress bar and the common argument checks are s
 with ``HessianEigenvalues`` (``_lightning.py``); the keyword defaults are
 ``robusthp.settings.AdversarialSettings``'.
 
-Result keys. One eps: ``clean_acc``, ``fgsm_acc``, ``pgd_acc``. Several eps: also
-``fgsm_acc@<eps>``/``pgd_acc@<eps>`` for each eps (``f"{eps:g}"``, e.g. ``pgd_acc@0.1``),
-and the plain keys hold the FIRST eps (the primary one, so readers of ``pgd_acc`` work
-whatever the list). Loggers get every accuracy key prefixed ``adv/``; ``self.results``
-also holds ``adversarial_time_s`` and ``adversarial_num_samples``.
+Eps readings (``eps_space``): ``"pixel"`` reads eps in ``[0, 1]`` pixels; ``"normalized"``
+reads it in units of the model's input normalization, so the box is ``eps x std_c`` in
+pixels per channel (std from ``std=`` or the model's ``Normalize`` layer). A list of
+readings evaluates each eps in each.
+
+Result keys: ``clean_acc`` and, for every eps and reading, ``<attack>_acc@<key>`` with
+key ``f"{eps:g}"`` in pixels (``pgd_acc@0.3``) or ``f"{eps:g}norm"`` normalized
+(``pgd_acc@0.3norm``). The plain ``fgsm_acc``/``pgd_acc`` hold the FIRST eps of the FIRST
+reading (the primary one, so readers of ``pgd_acc`` work whatever the lists).
+``adversarial_eps`` lists each (key, eps as given, reading, pixel eps per channel). With
+``min_eps``: the per-example minimal L-inf perturbation eps* in the primary reading, searched
+up to ``min_eps_max`` (default twice the largest eps): ``median_min_eps``, ``min_eps_auc``
+(mean accuracy over ``[0, min_eps_max]``), ``min_eps_above_max``, ``min_eps_max``,
+``min_eps_space``, ``min_eps_curve`` (``{"eps": [...], "acc": [...]}``) and ``min_eps_star``.
+Loggers get the accuracies, ``median_min_eps`` and ``min_eps_auc``, prefixed ``adv/``;
+``self.results`` also holds ``adversarial_time_s`` and ``adversarial_num_samples``.
 
 Leaves the model's train/eval flags, parameters' ``.grad`` and the global RNGs (torch's
 CPU, Python's, NumPy's) as it found them: the data loader's draws are undone.
@@ -43,8 +54,10 @@ CPU, Python's, NumPy's) as it found them: the data loader's draws are undone.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -59,12 +72,15 @@ from robusthp.attacks import (
     robust_accuracy,
 )
 from robusthp.callbacks import _lightning as shared
-from robusthp.settings import AdversarialSettings, names
+from robusthp.models.normalize import Normalize
+from robusthp.settings import AdversarialSettings, eps_spaces, names, positive_number
 from robusthp.side_effects import gradients_on
 
 log = logging.getLogger(__name__)
 
 LOG_PREFIX = "adv/"
+_LOGGED = ("median_min_eps", "min_eps_auc")  # logged besides the accuracies
+CURVE_POINTS = 101  # eps grid of the stored robustness curve, 0..min_eps_max
 _OWNER = "AdversarialRobustness"
 
 
@@ -87,9 +103,18 @@ class _AdversarialRobustnessLogic(shared.StageHooks):
         seed: int = 0,
         batch_size: int | None = AdversarialSettings.batch_size,
         progress: bool = True,
+        eps_space: str | Sequence[str] = AdversarialSettings.eps_space,
+        std: Sequence[float] | None = None,
+        min_eps: bool = AdversarialSettings.min_eps,
+        min_eps_max: float | None = AdversarialSettings.min_eps_max,
     ) -> None:
         super().__init__()
         self.eps = _as_eps_list(eps)
+        self.eps_space = shared.check_value(_OWNER, eps_spaces, eps_space, "eps_space")
+        self.std = None if std is None else _as_std(std)
+        self.min_eps = bool(min_eps)
+        self.min_eps_max = None if min_eps_max is None else shared.check_value(
+            _OWNER, positive_number, min_eps_max, "min_eps_max")
         self.attacks = shared.check_value(_OWNER, names, attacks, "attacks")
         for name in self.attacks:
             get_attack(name)  # unknown names raise, listing the valid ones
@@ -118,35 +143,89 @@ class _AdversarialRobustnessLogic(shared.StageHooks):
         """Evaluate, log and store now (``StageHooks`` calls it at a chosen stage)."""
         with gradients_on():  # test hooks run under inference mode
             self.results = self.evaluate(pl_module, loader, device=pl_module.device)
-        shared.log_to_loggers(trainer, {LOG_PREFIX + k: v for k, v in self.results.items() if "_acc" in k})
+        shared.log_to_loggers(trainer, {LOG_PREFIX + k: v for k, v in self.results.items()
+                                        if "_acc" in k or k in _LOGGED})
         log.info("adversarial robustness (%s, data: %s): %s", stage, source, self.results)
 
     # ------------------------------------------------------------ the evaluation
 
     def evaluate(
         self, model: nn.Module, loader: Iterable[Any], device: torch.device | str | None = None
-    ) -> dict[str, float]:
-        """Clean and attacked accuracy of ``model`` on the first ``num_samples`` of ``loader``."""
+    ) -> dict[str, Any]:
+        """Clean and attacked accuracy of ``model`` on the first ``num_samples`` of ``loader``
+        (and the minimal-perturbation curve when ``min_eps``)."""
         start = time.perf_counter()
         batches = shared.gather_batches(loader, self.num_samples, self.batch_to_xy, self.batch_size)
-        attack_fns = self._attack_fns(_device_of(model, device))
+        dev = _device_of(model, device)
+        readings = self.readings(model)
+        attack_fns = self._attack_fns(readings, dev)
         with shared.progress_bar(self.progress, "adversarial eval") as progress:
             accs = robust_accuracy(model, batches, attack_fns, device=device, progress=progress)
-        results = self._with_primary_keys(accs)
+        results: dict[str, Any] = self._with_primary_keys(accs, readings)
         results["adversarial_num_samples"] = results.pop("num_samples")
+        results["adversarial_eps"] = [
+            {"key": r.key, "eps": r.eps, "space": r.space, "pixel_eps": list(r.pixel_eps)}
+            for r in readings
+        ]
+        if self.min_eps:
+            results.update(self._min_eps(model, batches, device, dev))
         results["adversarial_time_s"] = time.perf_counter() - start
         return results
 
-    def _attack_fns(self, device: torch.device) -> dict[str, Callable[..., Tensor]]:
-        several = len(self.eps) > 1
-        fns = {}
-        for eps in self.eps:
-            for name in self.attacks:
-                key = f"{name}@{eps:g}" if several else name
-                fns[key] = bind(name, **self._settings(name, eps, device))
-        return fns
+    def _min_eps(self, model: nn.Module, batches: list, device: Any, dev: torch.device) -> dict[str, Any]:
+        """eps* of every point in the primary reading, and the curve and scalars from it."""
+        from robusthp.attacks import minimal_eps, robustness_curve, summarize_min_eps  # TODO top
 
-    def _settings(self, name: str, eps: float, device: torch.device) -> dict[str, Any]:
+        space = self.eps_space[0]
+        scale = self._scale(model, space)
+        eps_max = self.min_eps_max if self.min_eps_max is not None else 2 * max(self.eps)
+        scale_t = None if scale == (1.0,) else torch.tensor(scale, device=dev).view(-1, 1, 1)
+        stars = []
+        with shared.progress_bar(self.progress, "minimal eps") as progress:
+            for done, (x, y) in enumerate(batches, start=1):
+                if device is not None:
+                    x, y = x.to(device), y.to(device)
+                stars.append(minimal_eps(model, x, y, eps_max=eps_max, scale=scale_t).cpu())
+                progress(done, len(batches))
+        star = torch.cat(stars)
+        grid = torch.linspace(0.0, eps_max, CURVE_POINTS, dtype=star.dtype)
+        summary = summarize_min_eps(star, eps_max)
+        return {
+            "median_min_eps": summary["median"], "min_eps_auc": summary["auc"],
+            "min_eps_above_max": summary["above_max"], "min_eps_max": eps_max,
+            "min_eps_space": space,
+            "min_eps_curve": {"eps": grid.tolist(), "acc": robustness_curve(star, grid).tolist()},
+            "min_eps_star": [None if not math.isfinite(v) else round(v, 7) for v in sorted(star.tolist())],
+        }
+
+    def readings(self, model: nn.Module) -> list[Reading]:
+        """Every (eps, reading) to attack at, primary first; the pixel box of each."""
+        out = []
+        for space in self.eps_space:
+            scale = self._scale(model, space)
+            for eps in self.eps:
+                out.append(Reading(eps, space, tuple(eps * s for s in scale)))
+        return out
+
+    def _scale(self, model: nn.Module, space: str) -> tuple[float, ...]:
+        """Pixel units per eps unit, per channel: 1 (pixel) or the input std (normalized)."""
+        if space == "pixel":
+            return (1.0,)
+        std = self.std if self.std is not None else _model_std(model)
+        if std is None:
+            raise ValueError(
+                f"{_OWNER}: eps_space='normalized' needs the model's input std: pass std=(...) "
+                "or normalize inside the model with robusthp.models.normalize.Normalize"
+            )
+        return std
+
+    def _attack_fns(self, readings: Sequence[Reading], device: torch.device) -> dict[str, Callable[..., Tensor]]:
+        return {
+            f"{name}@{r.key}": bind(name, **self._settings(name, r.pixel_box(device), device))
+            for r in readings for name in self.attacks
+        }
+
+    def _settings(self, name: str, eps: float | Tensor, device: torch.device) -> dict[str, Any]:
         if name != "pgd":
             return {"eps": eps}
         alpha = self.pgd_alpha if self.pgd_alpha is not None else default_alpha(eps, self.pgd_steps)
@@ -156,20 +235,20 @@ class _AdversarialRobustnessLogic(shared.StageHooks):
             "random_start": self.random_start, "generator": generator,
         }
 
-    def _with_primary_keys(self, accs: Mapping[str, float]) -> dict[str, float]:
+    def _with_primary_keys(self, accs: Mapping[str, float], readings: Sequence[Reading]) -> dict[str, Any]:
+        """Every ``<attack>_acc@<key>``, and the plain keys = the primary (first) reading."""
         results = dict(accs)
-        if len(self.eps) > 1:  # plain keys = the first (primary) eps
-            for name in self.attacks:
-                results[acc_key(name)] = accs[acc_key(f"{name}@{self.eps[0]:g}")]
+        for name in self.attacks:
+            results[acc_key(name)] = accs[acc_key(f"{name}@{readings[0].key}")]
         return results
-
 
 class AdversarialRobustness(_AdversarialRobustnessLogic, *shared.callback_bases()):
     """FGSM/PGD robust accuracy at the end of fit and/or test, for either Lightning namespace.
 
     Args:
-        eps: L-inf radius in ``[0, 1]`` pixel units, or several (the first is primary).
-            Paper: 0.3 (MNIST, Fashion-MNIST), 0.02 (CIFAR-10).
+        eps: L-inf radius, or several (the first is primary), in the units of
+            ``eps_space``. Paper: 0.3 (MNIST, Fashion-MNIST; most likely normalized units,
+            see the README), 0.02 (CIFAR-10, pixels).
         attacks: names from ``robusthp.attacks.ATTACKS`` (default fgsm and pgd).
         pgd_steps: PGD steps (default 40, the paper's). pgd_alpha: step size; None ->
             ``2.5 * eps / pgd_steps`` per eps. random_start: PGD random start (default
@@ -183,6 +262,14 @@ class AdversarialRobustness(_AdversarialRobustnessLogic, *shared.callback_bases(
         batch_size: re-batch the samples for the attack (default 1000; None: the loader's
             batches). Only memory and speed depend on it, not the accuracies.
         progress: show a rich progress bar (only when stderr is a terminal).
+        eps_space: how eps is read, or several readings (the first is primary):
+            ``"pixel"`` (default) or ``"normalized"`` (eps x the input std per channel).
+        std: the model's input std per channel, for the normalized reading (default: read
+            from the model's ``robusthp.models.normalize.Normalize`` layer).
+        min_eps: also find each point's minimal L-inf perturbation eps* and the robustness
+            curve acc(eps) (``robusthp.attacks.minimal_eps``), in the primary reading.
+        min_eps_max: top of the eps* search, in the primary reading's units (default
+            twice the largest eps).
 
     Defaults are ``robusthp.settings.AdversarialSettings``' (the CLI's too).
 
@@ -193,6 +280,42 @@ class AdversarialRobustness(_AdversarialRobustnessLogic, *shared.callback_bases(
 
 
 # ---------------------------------------------------------------- helpers
+
+
+@dataclass(frozen=True)
+class Reading:
+    """One attack budget: ``eps`` read in ``space``; ``pixel_eps`` is its box per channel."""
+
+    eps: float
+    space: str  # "pixel" | "normalized"
+    pixel_eps: tuple[float, ...]  # one value per channel (a single value: all channels)
+
+    @property
+    def key(self) -> str:
+        """The result-key suffix: ``0.3`` (pixels) or ``0.3norm`` (normalized units)."""
+        return f"{self.eps:g}" + ("norm" if self.space == "normalized" else "")
+
+    def pixel_box(self, device: torch.device) -> float | Tensor:
+        """The eps the attacks take: a float when all channels agree (torchattacks' exact
+        arithmetic), else a ``(C, 1, 1)`` tensor (a per-channel box)."""
+        if len(set(self.pixel_eps)) == 1:
+            return self.pixel_eps[0]
+        return torch.tensor(self.pixel_eps, device=device).view(-1, 1, 1)
+
+
+def _model_std(model: nn.Module) -> tuple[float, ...] | None:
+    """The std of the first ``Normalize`` layer inside ``model`` (robusthp's models have one)."""
+    for module in model.modules():
+        if isinstance(module, Normalize):
+            return tuple(float(s) for s in module.std.flatten())
+    return None
+
+
+def _as_std(std: Sequence[float]) -> tuple[float, ...]:
+    values = tuple(float(s) for s in ([std] if isinstance(std, (int, float)) else std))
+    if not values or not all(s > 0 for s in values):
+        raise ValueError(f"{_OWNER}: std must be one number > 0 per channel; got {std!r}")
+    return values
 
 
 def _as_eps_list(eps: float | Sequence[float]) -> list[float]:
