@@ -77,3 +77,12 @@ def fixes_momentum(regime: str) -> bool:
     """This catalog regime fixes its momentum (the Benchmark): a momentum filter keeps it."""
     spec = REGIMES.get(regime)
     return spec is not None and not spec.sweeps_momentum
+
+
+DEFAULT_NUM_CLASSES = 10  # a dataset the catalog does not know (all the paper's have 10)
+
+
+def num_classes(dataset: str) -> int:
+    """The catalog's class count of ``dataset`` (chance accuracy is 1 / it); 10 if unknown."""
+    spec = DATASETS.get(DATASET_ALIASES.get(dataset, dataset))
+    return DEFAULT_NUM_CLASSES if spec is None else spec.num_classes

@@ -1,28 +1,34 @@
-"""The report on disk: ``results.csv``, ``summary.csv`` and one PNG per figure, in one dir.
+"""The report on disk: ``results.csv``, ``summary.csv``, ``trends.csv`` and one PNG per figure.
 
-Which figures there are follows the table and the catalog: one per (dataset, model), plus
-a Section 4 momentum figure per regime the catalog says sweeps momentum.
+Which figures there are follows the table and the catalog: one per (dataset, model), a
+Section 4 momentum figure per regime the catalog says sweeps momentum, and a robustness
+curve figure per (dataset, model) whose runs recorded ``min_eps_curve``. Against the noise
+scale (``x="noise_scale"``) the batch-size figures are named ``..._noise_scale.png``.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import pandas as pd
+from matplotlib.figure import Figure
 
+from robusthp.report.curves import has_curves, plot_robustness_curves
 from robusthp.report.figures import plot_batch_size_figure, plot_momentum_figure
+from robusthp.report.flags import DEFAULT_UNTRAINED_MARGIN, untrained
 from robusthp.report.names import regime_order, sweeps_momentum
-from robusthp.report.stats import summarize
-from robusthp.report.table import COLUMNS, collect
+from robusthp.report.stats import summarize, trend_table
+from robusthp.report.table import collect, csv_columns
+from robusthp.report.xaxis import NoNoiseScale, get_x_axis, noise_scale
 
 log = logging.getLogger(__name__)
 
 
 def figure_names(df: pd.DataFrame) -> list[tuple[str, str, str | None]]:
-    """(dataset, model, regime or None) of every figure :func:`write_report` draws."""
+    """(dataset, model, regime or None) of every batch-size figure :func:`write_report` draws."""
     out = []
     placed = df.dropna(subset=["dataset", "model", "regime", "momentum", "batch_size"])
     for (dataset, model), runs in placed.groupby(["dataset", "model"], sort=True):
@@ -31,32 +37,64 @@ def figure_names(df: pd.DataFrame) -> list[tuple[str, str, str | None]]:
     return out
 
 
+def curve_figure_names(df: pd.DataFrame) -> list[tuple[str, str]]:
+    """(dataset, model) of every robustness-curve figure :func:`write_report` draws."""
+    with_curve = df[has_curves(df) & ~untrained(df)]
+    with_curve = with_curve.dropna(subset=["dataset", "model", "regime", "momentum",
+                                           "batch_size"])
+    return sorted(set(zip(with_curve["dataset"], with_curve["model"], strict=True)))
+
+
 def write_report(dirs: Iterable[str | os.PathLike], out_dir: str | os.PathLike, *,
                  momenta: Sequence[float] | None = None, spread: str = "minmax",
-                 df: pd.DataFrame | None = None) -> dict[str, Path]:
-    """Collect ``dirs`` and write ``results.csv``, ``summary.csv`` and the figures to ``out_dir``.
+                 df: pd.DataFrame | None = None, x: str = "batch_size",
+                 untrained_margin: float = DEFAULT_UNTRAINED_MARGIN) -> dict[str, Path]:
+    """Collect ``dirs`` and write the tables and the figures to ``out_dir``.
 
-    ``momenta`` filters the lines of the per-(dataset, model) figures (not the Section 4
-    momentum figures). Returns ``{file name: path}`` of everything written. Raises
-    ``FileNotFoundError`` for a missing dir and ``ValueError`` when no results are found.
+    ``results.csv`` (one row per run, :func:`~robusthp.report.table.csv_columns`),
+    ``summary.csv`` (:func:`~robusthp.report.summarize`) and ``trends.csv``
+    (:func:`~robusthp.report.trend_table`); both leave untrained runs and unconverged
+    eigenvalues out. ``momenta`` filters the lines of the per-(dataset, model) figures (not
+    the Section 4 momentum figures); ``x`` is ``"batch_size"`` or ``"noise_scale"``;
+    ``untrained_margin`` is used when ``df`` is not given. Returns ``{file name: path}`` of
+    everything written. Raises ``FileNotFoundError`` for a missing dir and ``ValueError``
+    when no results are found or a figure has no run with a noise scale.
     """
     dirs = list(dirs)
-    df = collect(dirs) if df is None else df
+    get_x_axis(x)  # a bad x fails before anything is written
+    df = collect(dirs, untrained_margin=untrained_margin) if df is None else df
     if df.empty:
         raise ValueError(f"no results.json found under {', '.join(map(str, dirs))}")
+    if x == "noise_scale" and noise_scale(df).isna().all():
+        raise NoNoiseScale("no run has a noise scale lr / (B (1 - m)): lr is missing or "
+                           "momentum is 1 in every run (use x='batch_size')")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    written = {"results.csv": out_dir / "results.csv", "summary.csv": out_dir / "summary.csv"}
-    df.to_csv(written["results.csv"], columns=list(COLUMNS), index=False)
+    written = {name: out_dir / name for name in ("results.csv", "summary.csv", "trends.csv")}
+    df.to_csv(written["results.csv"], columns=csv_columns(df), index=False)
     summarize(df).to_csv(written["summary.csv"], index=False)
-    for dataset, model, regime in figure_names(df):
-        if regime is None:
-            fig = plot_batch_size_figure(df, dataset, model, momenta=momenta, spread=spread)
-            name = f"{dataset}_{model}.png"
-        else:
-            fig = plot_momentum_figure(df, dataset, model, regime, spread=spread)
-            name = f"{dataset}_{model}_{regime}_momentum.png"
+    trend_table(df).to_csv(written["trends.csv"], index=False)
+    for name, fig in _figures(df, momenta, spread, x):  # one at a time: saved, then freed
         fig.savefig(out_dir / name)
         written[name] = out_dir / name
         log.info("wrote %s", out_dir / name)
     return written
+
+
+def _figures(df: pd.DataFrame, momenta, spread: str, x: str) -> Iterator[tuple[str, Figure]]:
+    suffix = get_x_axis(x).suffix
+    for dataset, model, regime in figure_names(df):
+        try:
+            if regime is None:
+                name = f"{dataset}_{model}{suffix}.png"
+                fig = plot_batch_size_figure(df, dataset, model, momenta=momenta, spread=spread,
+                                             x=x)
+            else:
+                name = f"{dataset}_{model}_{regime}_momentum{suffix}.png"
+                fig = plot_momentum_figure(df, dataset, model, regime, spread=spread, x=x)
+        except NoNoiseScale as error:  # others of the sweep have one (checked up front)
+            log.warning("%s not drawn: %s", name, error)
+            continue
+        yield name, fig
+    for dataset, model in curve_figure_names(df):
+        yield f"{dataset}_{model}_robustness_curves.png", plot_robustness_curves(df, dataset, model)
