@@ -211,6 +211,7 @@ def test_no_training_data_is_a_clear_warning_not_a_crash(tmp_path, caplog):
 def test_defaults():
     cb = HessianEigenvalues()
     assert (cb.top_n, cb.backend, cb.num_samples, cb.on) == (1, "pyhessian", 4096, ("fit_end",))
+    assert cb.split == "train" and cb.suffix == ""
     for ns in NAMESPACES:
         assert isinstance(cb, importlib.import_module(ns).Callback)
 
@@ -234,3 +235,93 @@ def test_bad_construction(kwargs, match):
         HessianEigenvalues(**kwargs)
     with pytest.raises(TypeError, match="batch_to_xy"):
         HessianEigenvalues(batch_to_xy="x")
+
+
+# ---------------------------------------------------------------------------- split="test"
+
+N_TEST = 30
+
+
+def held_out():
+    return tiny_data(N_TEST, seed=1)  # other points than the training data
+
+
+def make_split_classes(ns: str):
+    """Tiny model and a datamodule whose test split differs from its training split."""
+    pl, Tiny, DataWithEval = make_classes(ns)
+
+    class TrainTest(DataWithEval):
+        def test_dataloader(self):
+            return DataLoader(TensorDataset(*held_out()), batch_size=8)
+
+    return pl, Tiny, TrainTest
+
+
+@pytest.mark.parametrize("ns", NAMESPACES)
+def test_test_split_at_fit_end_is_the_test_loss_beside_the_train_one(ns, tmp_path):
+    pl, Tiny, Data = make_split_classes(ns)
+    on_train = HessianEigenvalues(backend="lanczos", num_samples=None, progress=False)
+    on_test = HessianEigenvalues(backend="lanczos", num_samples=None, progress=False, split="test")
+    model = Tiny()
+    tr = trainer(pl, tmp_path, [on_train, on_test])
+    tr.fit(model, datamodule=Data())
+    test_res, train_res = on_test.results, on_train.results
+    assert all(k.endswith("@test") or k == "hessian@test_time_s" for k in test_res), test_res
+    assert not any("@" in k for k in train_res)
+    assert test_res["hessian_split@test"] == "test" and train_res["hessian_split"] == "train"
+    assert test_res["hessian_num_samples@test"] == N_TEST
+    assert train_res["hessian_num_samples"] == N_TRAIN
+    assert {**train_res, **test_res}.keys() == train_res.keys() | test_res.keys()  # no clash
+    xt, yt = held_out()
+    direct_test = top_eigenvalues(model, [(xt, yt)], backend="lanczos").top
+    x, y = tiny_data()
+    direct_train = top_eigenvalues(model, [(x, y)], backend="lanczos").top
+    assert test_res["hessian_top_eig@test"] == pytest.approx(direct_test, rel=1e-4)
+    assert train_res["hessian_top_eig"] == pytest.approx(direct_train, rel=1e-4)
+    assert direct_test != pytest.approx(direct_train, rel=1e-2)  # the two losses do differ
+    metrics = logged(tr)
+    assert metrics["hessian/top_eig@test"] == pytest.approx(test_res["hessian_top_eig@test"], rel=1e-6)
+    assert metrics["hessian/top_eig"] == pytest.approx(train_res["hessian_top_eig"], rel=1e-6)
+    assert "hessian/num_hvp@test" in metrics and "hessian/seconds@test" in metrics
+
+
+def test_test_split_at_test_end_uses_the_running_test_loader(tmp_path, caplog):
+    pl, Tiny, _ = make_classes("lightning.pytorch")
+    cb = HessianEigenvalues(backend="lanczos", num_samples=None, progress=False, split="test",
+                            on="test_end")
+    model = Tiny()
+    with caplog.at_level(logging.WARNING, logger="robusthp.callbacks.hessian"):
+        trainer(pl, tmp_path, [cb], logger=False).test(
+            model, dataloaders=DataLoader(TensorDataset(*held_out()), batch_size=7))
+    assert "shuffling" not in caplog.text  # a test loader is no unstable training loader
+    xt, yt = held_out()
+    assert cb.results["hessian_top_eig@test"] == pytest.approx(
+        top_eigenvalues(model, [(xt, yt)], backend="lanczos").top, rel=1e-4)
+
+
+def test_test_split_dataloader_still_wins(tmp_path):
+    pl, Tiny, Data = make_split_classes("pytorch_lightning")
+    given = DataLoader(TensorDataset(*tiny_data(12, seed=2)), batch_size=5)
+    cb = HessianEigenvalues(backend="lanczos", num_samples=None, progress=False, split="test",
+                            dataloader=given)
+    model = Tiny()
+    trainer(pl, tmp_path, [cb], logger=False).fit(model, datamodule=Data())
+    x, y = tiny_data(12, seed=2)
+    assert cb.results["hessian_num_samples@test"] == 12
+    assert cb.results["hessian_top_eig@test"] == pytest.approx(
+        top_eigenvalues(model, [(x, y)], backend="lanczos").top, rel=1e-4)
+
+
+def test_test_split_without_test_data_skips_with_a_suffixed_key(tmp_path):
+    pl, Tiny, _ = make_classes("lightning.pytorch")
+    cb = HessianEigenvalues(progress=False, split="test", on="test_end",
+                            dataloader=DataLoader(TensorDataset(*tiny_data(0)), batch_size=4))
+    trainer(pl, tmp_path, [cb], logger=False).test(
+        Tiny(), dataloaders=DataLoader(TensorDataset(*held_out()), batch_size=4))
+    assert cb.results == {"hessian_skipped@test": "no data"}
+
+
+def test_bad_split_is_one_line_naming_the_choices():
+    with pytest.raises(ValueError) as err:
+        HessianEigenvalues(split="val")
+    assert str(err.value) == "HessianEigenvalues: split must be one of train, test, got 'val'"

@@ -79,7 +79,7 @@ def build_callbacks(settings: RunSettings) -> list[pl.Callback]:
             HessianEigenvalues(
                 top_n=hes.top_n, backend=hes.backend, num_samples=hes.num_samples,
                 max_iter=hes.max_iter, tol=hes.tol, batch_size=hes.batch_size,
-                seed=settings.train.seed, progress=settings.train.progress_bar,
+                seed=settings.train.seed, progress=settings.train.progress_bar, split=hes.split,
             )
         )
     return callbacks

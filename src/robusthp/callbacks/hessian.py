@@ -3,6 +3,15 @@
     trainer = pl.Trainer(callbacks=[HessianEigenvalues(top_n=1)])   # either Lightning namespace
     trainer.fit(model, datamodule=dm)                               # logs hessian/top_eig
 
+Which loss (``split=``, ``eval.hessian.split`` in the CLI): "train" (the default) measures
+the training loss, as the paper's "loss landscape of training"; "test" measures the test
+loss, as HessianFlow's code does (Yao et al. compute their Hessians on test batches).
+With split="test" every result key gets the suffix ``@test`` (``hessian_top_eig@test``,
+``hessian_converged@test``, ..., logger key ``hessian/top_eig@test``; its time is
+``hessian@test_time_s``, i.e. ``timings_s["hessian@test"]`` in results.json), so both
+splits can sit side by side in one results.json; ``hessian_split`` (``hessian_split@test``)
+records the split.
+
 The logic lives in a Lightning-free mixin; the public class also subclasses the ``Callback``
 class of every installed Lightning namespace. Hooks, skip rules (global rank zero only, no
 evaluation of an interrupted fit or of a diverged model), data rules, the RNG guard, the
@@ -21,12 +30,14 @@ import torch
 
 from robusthp.callbacks import _lightning as shared
 from robusthp.hessian import HessianResult, backends, top_eigenvalues
-from robusthp.settings import HessianSettings, integer, positive_number
+from robusthp.settings import HESSIAN_SPLITS, HessianSettings, integer, one_of, positive_number
 
 log = logging.getLogger(__name__)
 
 _OWNER = "HessianEigenvalues"
-_STABLE = ("dataloader=", "the datamodule's eval_train_dataloader()")  # sources that need no warning
+# sources that need no warning: the user's, or made for evaluation (unshuffled, unaugmented)
+_STABLE = ("dataloader=", "the datamodule's eval_train_dataloader()",
+           "the datamodule's test_dataloader()", "trainer.test_dataloaders")
 
 _UNSTABLE_LOADER_WARNING = (
     "HessianEigenvalues: using %s, whose shuffling or augmentation makes the Hessian's data "
@@ -36,7 +47,7 @@ _UNSTABLE_LOADER_WARNING = (
 
 
 class _HessianLogic(shared.StageHooks):
-    """Top eigenvalues of the training-loss Hessian at the end of fit and/or test.
+    """Top eigenvalues of the training-loss (or test-loss) Hessian at the end of fit and/or test.
 
     Args:
         top_n: how many of the largest eigenvalues (default 1: the paper uses the top one).
@@ -45,7 +56,10 @@ class _HessianLogic(shared.StageHooks):
             Lanczos: 1.2-2.3x fewer Hessian-vector products for the same accuracy on
             trained MNIST nets, and far more accurate at the same tol; algebraically
             largest). See ``robusthp.hessian`` and benchmarks/hessian.py.
-        num_samples: the first N training samples the loss is averaged over. 4096 by
+        split: "train" (default) or "test": the data whose loss is measured (see
+            ``dataloader``); "test" suffixes every result and logger key with ``@test``
+            (see the module docstring).
+        num_samples: the first N samples of the split the loss is averaged over. 4096 by
             default: PyHessian's authors (Yao et al., arXiv 1912.07145) report that the top
             eigenvalue on CIFAR-10 is stable from about 4096 points on, while each
             Hessian-vector product costs about two training steps per sample, so the whole
@@ -55,16 +69,20 @@ class _HessianLogic(shared.StageHooks):
         batch_size: re-batch the samples for the products (default 1024; None: the
             loader's batches). Larger batches are faster, smaller ones need less memory;
             the loss, hence the eigenvalues, is the same up to float rounding.
-        dataloader: the data to use. By default, at either stage, the first of: the
-            datamodule's ``eval_train_dataloader()`` (robusthp's: training split,
-            unshuffled, unaugmented); the loader of the fit (``trainer.train_dataloader``,
-            whatever was given to ``fit``: plain loader, datamodule or the module's own
-            hook; the first of several; kept from the last fit for a later
-            ``trainer.test``, where Lightning no longer holds it); the datamodule's
-            ``train_dataloader()``. All but the first warn that shuffling or augmentation
-            makes the subset vary. Never the test data. None at all at fit end: one
-            warning and the measurement moves to the next ``trainer.test``; none there
-            either: one warning, ``results == {"hessian_skipped": "no data"}``.
+        dataloader: the data to use, whatever the split (it wins). By default, with
+            split="train", at either stage, the first of: the datamodule's
+            ``eval_train_dataloader()`` (robusthp's: training split, unshuffled,
+            unaugmented); the loader of the fit (``trainer.train_dataloader``, whatever
+            was given to ``fit``: plain loader, datamodule or the module's own hook; the
+            first of several; kept from the last fit for a later ``trainer.test``, where
+            Lightning no longer holds it); the datamodule's ``train_dataloader()``. All but
+            the first warn that shuffling or augmentation makes the subset vary; never the
+            test data. With split="test", as ``AdversarialRobustness``: at fit end the
+            datamodule's ``test_dataloader()``, at test end the loaders the running test
+            runs on (``trainer.test_dataloaders``, the first of several); never the
+            training data. None at all at fit end: one warning and the measurement moves to
+            the next ``trainer.test``; none there either: one warning,
+            ``results == {"hessian_skipped": "no data"}`` (``hessian_skipped@test``).
         batch_to_xy: batch -> (x, y) for batches that are not (x, y, ...) tuples or dicts
             with x/y, input/target, image/label or images/labels keys.
         on: stages to measure at, among "fit_end" and "test_end" (or one string).
@@ -81,11 +99,12 @@ class _HessianLogic(shared.StageHooks):
     ``forward(x)`` must return logits. Logs ``hessian/top_eig``, ``hessian/eig_1..top_n``,
     ``hessian/num_hvp`` and ``hessian/seconds`` to the trainer's loggers, and keeps
     ``self.results`` (hessian_top_eig, hessian_eigs, hessian_backend, hessian_num_hvp,
-    hessian_converged, hessian_time_s, hessian_num_samples). Computed on global rank zero
-    only; an interrupted fit is not measured, nor is a diverged model (its ``diverged``
-    attribute or non-finite parameters: one warning, ``results == {"hessian_skipped":
-    "diverged"}``). Leaves module modes, ``.grad`` and the global RNGs (torch's CPU,
-    Python's, NumPy's) as found.
+    hessian_converged, hessian_time_s, hessian_num_samples, hessian_split; each suffixed
+    ``@test`` with split="test", the time as ``hessian@test_time_s``). Computed on global
+    rank zero only; an interrupted fit is not measured, nor is a diverged model (its
+    ``diverged`` attribute or non-finite parameters: one warning, ``results ==
+    {"hessian_skipped": "diverged"}``). Leaves module modes, ``.grad`` and the global RNGs
+    (torch's CPU, Python's, NumPy's) as found.
     """
 
     owner, skip_key, _log = _OWNER, "hessian_skipped", log
@@ -105,6 +124,7 @@ class _HessianLogic(shared.StageHooks):
         progress: bool = True,
         loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
         reuse_graph: bool = False,
+        split: str = HessianSettings.split,
     ):
         super().__init__()
         if backend not in backends():
@@ -117,6 +137,9 @@ class _HessianLogic(shared.StageHooks):
         self.on, self.num_samples, self.batch_size, self.batch_to_xy = shared.check_common(
             _OWNER, on=on, num_samples=num_samples, batch_size=batch_size, batch_to_xy=batch_to_xy
         )
+        self.split = shared.check_value(_OWNER, one_of(*HESSIAN_SPLITS), split, "split")
+        self.suffix = "" if self.split == "train" else f"@{self.split}"  # on every result key
+        self.skip_key = self.skip_key + self.suffix
         self.backend, self.seed, self.dataloader = backend, seed, dataloader
         self.progress, self.loss_fn, self.reuse_graph = progress, loss_fn, reuse_graph
         self.results: dict[str, Any] = {}
@@ -130,9 +153,14 @@ class _HessianLogic(shared.StageHooks):
         super().on_train_end(trainer, pl_module)
 
     def data_sources(self, trainer: Any, stage: str) -> list[shared.Source]:
-        """Training data only, the same at both stages (see ``dataloader`` above)."""
+        """The split's data only (see ``dataloader`` above): training data, the same at
+        both stages; or test data, as ``AdversarialRobustness`` finds it."""
         if self.dataloader is not None:
             return shared.given(self.dataloader)
+        if self.split == "test":
+            if stage == "fit_end":
+                return [shared.datamodule_source(trainer, "test_dataloader")]
+            return [shared.trainer_source(trainer, "test_dataloaders")]
 
         def fit_loaders() -> Any:
             now = getattr(trainer, "train_dataloader", None)
@@ -166,29 +194,35 @@ class _HessianLogic(shared.StageHooks):
         metrics = {"hessian/top_eig": result.top}
         metrics.update({f"hessian/eig_{k}": v for k, v in enumerate(result.eigenvalues, 1)})
         metrics.update({"hessian/num_hvp": result.num_hvp, "hessian/seconds": result.seconds})
-        shared.log_to_loggers(trainer, metrics)
-        self.results = {
+        shared.log_to_loggers(trainer, {k + self.suffix: v for k, v in metrics.items()})
+        results = {
             "hessian_top_eig": result.top,
             "hessian_eigs": list(result.eigenvalues),
             "hessian_backend": result.backend,
             "hessian_num_hvp": result.num_hvp,
             "hessian_converged": result.converged,
-            "hessian_time_s": result.seconds,
             "hessian_num_samples": num_samples,
+            "hessian_split": self.split,
         }
+        self.results = {k + self.suffix: v for k, v in results.items()}
+        # a timing (``*_time_s``: robusthp's results.json keeps it in timings_s, not metrics)
+        self.results[f"hessian{self.suffix}_time_s"] = result.seconds
         if not result.converged:
             log.warning(
-                "HessianEigenvalues: %s did not reach tol=%g in max_iter=%d (residuals %s)",
+                "HessianEigenvalues: %s (%s split) did not reach tol=%g in max_iter=%d "
+                "(residuals %s)",
                 result.backend,
+                self.split,
                 self.tol,
                 self.max_iter,
                 result.residuals,
             )
         if self.progress:
             log.info(
-                "Hessian top-%d eigenvalues %s (%s, %d samples, %d HVPs, %.1f s)",
+                "Hessian top-%d eigenvalues %s (%s split, %s, %d samples, %d HVPs, %.1f s)",
                 self.top_n,
                 result.eigenvalues,
+                self.split,
                 result.backend,
                 num_samples,
                 result.num_hvp,
