@@ -324,17 +324,11 @@ def _measure(settings: RunSettings, run_dir: Path) -> tuple[dict, dict, dict]:
     import torch
 
     from robusthp import experiment
-    from robusthp.catalog import get_spec
     from robusthp.data import ImageDataModule
     from robusthp.lit_module import ClassifierModule
-    from robusthp.models import build_model
 
     t = settings.train
-    callbacks = experiment.build_callbacks(settings)
-    for cb in callbacks:
-        cb.on = ("test_end",)  # the same callbacks as at fit end, run in trainer.test
-        if getattr(cb, "split", settings.hessian.split) != settings.hessian.split:
-            raise RuntimeError("experiment.build_callbacks does not pass eval.hessian.split")
+    callbacks = experiment.build_callbacks(settings, on="test_end")  # run in trainer.test
     if t.progress_bar:
         callbacks.append(pl.callbacks.RichProgressBar(leave=True))
     # not "GPU available: ..." once per run (Lightning's rank-zero messages go to the
@@ -345,11 +339,7 @@ def _measure(settings: RunSettings, run_dir: Path) -> tuple[dict, dict, dict]:
             logger=False, enable_progress_bar=t.progress_bar, enable_model_summary=False,
             enable_checkpointing=False, default_root_dir=run_dir / EVALUATIONS_DIR,
         )
-    spec = get_spec(settings.data.dataset)
-    model = build_model(
-        settings.model, in_channels=spec.in_channels, num_classes=spec.num_classes,
-        image_size=spec.image_size, mean=spec.mean, std=spec.std, **settings.model_kwargs,
-    )
+    model = experiment.build_model_for(settings)
     model.load_state_dict(torch.load(run_dir / MODEL_FILE, map_location="cpu", weights_only=True))
     channels_last = experiment.resolve_channels_last(t.channels_last, trainer.strategy.root_device)
     if channels_last:  # as in training: the same layout, the same float rounding
@@ -358,8 +348,8 @@ def _measure(settings: RunSettings, run_dir: Path) -> tuple[dict, dict, dict]:
     data = ImageDataModule(replace(settings.data, channels_last=channels_last))
     trainer.test(module, datamodule=data, verbose=False)
     record: dict[str, Any] = {"metrics": {}, "timings_s": {}}
-    experiment._collect(callbacks, record)
-    return record["metrics"], record["timings_s"], experiment._env(trainer)
+    experiment.collect_results(callbacks, record)
+    return record["metrics"], record["timings_s"], experiment.run_env(trainer)
 
 
 @contextlib.contextmanager

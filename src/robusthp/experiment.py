@@ -38,7 +38,8 @@ from robusthp.settings import (  # re-exported: the settings a run is built from
 )
 
 __all__ = ["AdversarialSettings", "DataSettings", "HessianSettings", "RunSettings",
-           "SGDSettings", "TrainSettings", "build_callbacks", "build_loggers", "run_experiment"]
+           "SGDSettings", "TrainSettings", "build_callbacks", "build_loggers", "build_model_for",
+           "collect_results", "run_env", "run_experiment"]
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +57,18 @@ warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*
 warnings.filterwarnings("ignore", message=r".*smaller than the logging interval.*")  # we log per epoch
 
 
-def build_callbacks(settings: RunSettings) -> list[pl.Callback]:
-    """The evaluation callbacks this run asked for (imported lazily: they are optional)."""
+def build_model_for(settings: RunSettings) -> torch.nn.Module:
+    """The run's model, freshly initialised (normalization from the dataset's spec)."""
+    spec = get_spec(settings.data.dataset)
+    return build_model(
+        settings.model, in_channels=spec.in_channels, num_classes=spec.num_classes,
+        image_size=spec.image_size, mean=spec.mean, std=spec.std, **settings.model_kwargs,
+    )
+
+
+def build_callbacks(settings: RunSettings, on: str = "fit_end") -> list[pl.Callback]:
+    """The evaluation callbacks this run asked for, run at ``on`` (``fit_end`` in training,
+    ``test_end`` for a re-evaluation); imported lazily: they are optional."""
     callbacks: list[pl.Callback] = []
     adv, hes = settings.adversarial, settings.hessian
     if adv.enabled:
@@ -68,7 +79,7 @@ def build_callbacks(settings: RunSettings) -> list[pl.Callback]:
                 eps=list(adv.eps) if len(adv.eps) > 1 else adv.eps[0], attacks=adv.attacks,
                 pgd_steps=adv.pgd_steps, pgd_alpha=adv.pgd_alpha, random_start=adv.random_start,
                 num_samples=adv.num_samples, batch_size=adv.batch_size, seed=settings.train.seed,
-                progress=settings.train.progress_bar, eps_space=adv.eps_space,
+                progress=settings.train.progress_bar, eps_space=adv.eps_space, on=on,
                 min_eps=adv.min_eps, min_eps_max=adv.min_eps_max,
             )
         )
@@ -79,7 +90,7 @@ def build_callbacks(settings: RunSettings) -> list[pl.Callback]:
             HessianEigenvalues(
                 top_n=hes.top_n, backend=hes.backend, num_samples=hes.num_samples,
                 max_iter=hes.max_iter, tol=hes.tol, batch_size=hes.batch_size,
-                seed=settings.train.seed, progress=settings.train.progress_bar, split=hes.split,
+                seed=settings.train.seed, progress=settings.train.progress_bar, split=hes.split, on=on,
             )
         )
     return callbacks
@@ -162,7 +173,7 @@ def _build_trainer(settings: RunSettings, out_dir: Path, callbacks: list) -> pl.
     )
 
 
-def _env(trainer: pl.Trainer | None) -> dict[str, Any]:
+def run_env(trainer: pl.Trainer | None) -> dict[str, Any]:
     device = str(trainer.strategy.root_device) if trainer is not None else None
     return {
         "torch": str(torch.__version__), "lightning": str(pl.__version__), "python": platform.python_version(),
@@ -195,7 +206,7 @@ def run_experiment(settings: RunSettings, out_dir: str | Path, config: dict | No
         trainer, module, callbacks = _train(settings, out_dir, record, fingerprint)
         record["status"] = "diverged" if module.diverged else "ok"
         if module.diverged:  # the callbacks skipped it, and say so
-            _collect(callbacks, record)
+            collect_results(callbacks, record)
         else:
             _evaluate(trainer, module, callbacks, record)
     except Exception as err:  # recorded so that a sweep goes on and loses nothing
@@ -207,7 +218,7 @@ def run_experiment(settings: RunSettings, out_dir: str | Path, config: dict | No
     record.setdefault("timestamps", {})["end"] = time.time()  # evaluation done
     record["wall_time_s"] = time.perf_counter() - started
     record["timings_s"]["total"] = record["wall_time_s"]
-    record["env"] = _env(trainer)
+    record["env"] = run_env(trainer)
     record["rank"] = trainer.global_rank if trainer is not None else 0
     record["metrics"] = {k: _finite_or_none(v) for k, v in record["metrics"].items()}
     if trainer is None or trainer.is_global_zero:  # under DDP every rank runs this function
@@ -246,11 +257,7 @@ def _train(settings: RunSettings, out_dir: Path, record: dict, fingerprint: str 
     if settings.train.threads is not None:
         torch.set_num_threads(settings.train.threads)
     pl.seed_everything(settings.train.seed, workers=True, verbose=False)
-    spec = get_spec(settings.data.dataset)
-    model = build_model(
-        settings.model, in_channels=spec.in_channels, num_classes=spec.num_classes,
-        image_size=spec.image_size, mean=spec.mean, std=spec.std, **settings.model_kwargs,
-    )
+    model = build_model_for(settings)
     callbacks = build_callbacks(settings)
     trainer = _build_trainer(settings, out_dir, callbacks)
     channels_last = resolve_channels_last(settings.train.channels_last, trainer.strategy.root_device)
@@ -285,10 +292,10 @@ def _evaluate(trainer: pl.Trainer, module: ClassifierModule, callbacks: list, re
     trainer.test(module, datamodule=trainer.datamodule, verbose=False)
     record["timings_s"]["test"] = time.perf_counter() - t0
     record["metrics"]["test_acc"] = module.last_metrics.get("test/acc")
-    _collect(callbacks, record)
+    collect_results(callbacks, record)
 
 
-def _collect(callbacks: list, record: dict) -> None:
+def collect_results(callbacks: list, record: dict) -> None:
     """The evaluation callbacks' results into the record: timings apart, the rest metrics."""
     for cb in callbacks:
         results = dict(getattr(cb, "results", {}) or {})
