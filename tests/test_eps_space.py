@@ -93,3 +93,37 @@ def test_normalized_without_a_std_is_one_clear_error():
 def test_bad_eps_space_names_the_value(bad):
     with pytest.raises(ValueError, match="eps_space"):
         AdversarialRobustness(eps=0.1, eps_space=bad)
+
+
+# ---------------------------------------------------------------- minimal perturbation
+
+
+def test_min_eps_results_follow_the_contract_and_the_accuracies():
+    """The curve starts at the clean accuracy, never rises, and each eps* is a real
+    adversarial radius: at the listed eps, the curve is never above what PGD reached
+    (+0.005 slack is the issue's bar; here the sets are tiny, so compare counts)."""
+    std = (0.3081,)
+    model, (x, y) = _net(1, std), _data(1, n=60)
+    results = _evaluate(model, x, y, eps=[0.05, 0.1], eps_space="normalized", min_eps=True,
+                        min_eps_max=0.4)
+    assert results["min_eps_space"] == "normalized"
+    assert results["min_eps_max"] == 0.4
+    curve = results["min_eps_curve"]
+    assert len(curve["eps"]) == len(curve["acc"]) and curve["eps"][0] == 0.0
+    assert curve["acc"][0] == pytest.approx(results["clean_acc"])
+    assert all(a >= b for a, b in zip(curve["acc"], curve["acc"][1:]))
+    stars = [float("inf") if s is None else s for s in results["min_eps_star"]]
+    assert len(stars) == 60 and stars == sorted(stars)
+    for eps in (0.05, 0.1):
+        robust_by_curve = sum(s > eps for s in stars) / 60
+        assert robust_by_curve <= results[f"pgd_acc@{eps:g}norm"] + 0.005
+    assert 0.0 <= results["min_eps_auc"] <= 1.0
+    finite = sorted(stars)[29]  # the lower median (30th of 60)
+    assert results["median_min_eps"] == pytest.approx(min(finite, 0.4))
+
+
+def test_min_eps_default_range_is_twice_the_largest_eps():
+    model, (x, y) = _net(1, (0.5,)), _data(1, n=20)
+    results = _evaluate(model, x, y, eps=[0.02, 0.05], min_eps=True)
+    assert results["min_eps_max"] == pytest.approx(0.1)
+    assert results["min_eps_space"] == "pixel"

@@ -54,7 +54,6 @@ CPU, Python's, NumPy's) as it found them: the data loader's draws are undone.
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -69,6 +68,8 @@ from robusthp.attacks import (
     check_attack_args,
     default_alpha,
     get_attack,
+    min_eps_summary,
+    minimal_eps,
     robust_accuracy,
 )
 from robusthp.callbacks import _lightning as shared
@@ -80,7 +81,6 @@ log = logging.getLogger(__name__)
 
 LOG_PREFIX = "adv/"
 _LOGGED = ("median_min_eps", "min_eps_auc")  # logged besides the accuracies
-CURVE_POINTS = 101  # eps grid of the stored robustness curve, 0..min_eps_max
 _OWNER = "AdversarialRobustness"
 
 
@@ -174,8 +174,6 @@ class _AdversarialRobustnessLogic(shared.StageHooks):
 
     def _min_eps(self, model: nn.Module, batches: list, device: Any, dev: torch.device) -> dict[str, Any]:
         """eps* of every point in the primary reading, and the curve and scalars from it."""
-        from robusthp.attacks import minimal_eps, robustness_curve, summarize_min_eps  # TODO top
-
         space = self.eps_space[0]
         scale = self._scale(model, space)
         eps_max = self.min_eps_max if self.min_eps_max is not None else 2 * max(self.eps)
@@ -187,16 +185,7 @@ class _AdversarialRobustnessLogic(shared.StageHooks):
                     x, y = x.to(device), y.to(device)
                 stars.append(minimal_eps(model, x, y, eps_max=eps_max, scale=scale_t).cpu())
                 progress(done, len(batches))
-        star = torch.cat(stars)
-        grid = torch.linspace(0.0, eps_max, CURVE_POINTS, dtype=star.dtype)
-        summary = summarize_min_eps(star, eps_max)
-        return {
-            "median_min_eps": summary["median"], "min_eps_auc": summary["auc"],
-            "min_eps_above_max": summary["above_max"], "min_eps_max": eps_max,
-            "min_eps_space": space,
-            "min_eps_curve": {"eps": grid.tolist(), "acc": robustness_curve(star, grid).tolist()},
-            "min_eps_star": [None if not math.isfinite(v) else round(v, 7) for v in sorted(star.tolist())],
-        }
+        return {**min_eps_summary(torch.cat(stars), eps_max), "min_eps_space": space}
 
     def readings(self, model: nn.Module) -> list[Reading]:
         """Every (eps, reading) to attack at, primary first; the pixel box of each."""
