@@ -289,3 +289,158 @@ def test_warns_when_pgd_weaker_than_fgsm(trained):
     fns = {"fgsm@0.1": bind("fgsm", eps=0.1), "pgd@0.1": lambda m, x, y: x}  # "PGD" does nothing
     with pytest.warns(AttackWarning, match="PGD is weaker than FGSM"):
         robust_accuracy(model, [(x, y)], fns)
+
+
+# ---------------------------------------------------------------- tensor eps (per channel / per sample)
+
+
+def rgb_net(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.Flatten(),
+                         nn.Linear(6 * 8 * 8, NUM_CLASSES)).eval()
+
+
+def rgb_inputs(n: int = 24) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(3)
+    return torch.rand(n, 3, 8, 8, generator=gen), torch.randint(0, NUM_CLASSES, (n,), generator=gen)
+
+
+@pytest.mark.parametrize("name", sorted(ATTACKS))
+def test_per_sample_eps_equals_the_float_attack_per_sample(trained, name):
+    """Each row of a (N, 1, 1, 1) eps gets exactly what the float attack gives that row."""
+    model, x, y = trained
+    values = [0.02, 0.1, 0.3]
+    which = torch.arange(len(y)) % len(values)
+    eps = torch.tensor(values)[which].view(-1, 1, 1, 1)
+    extra = {"steps": 10} if name == "pgd" else {}
+    ours = get_attack(name)(model, x, y, eps=eps, **extra)  # alpha: 2.5 * eps / steps per row
+    for k, value in enumerate(values):
+        rows = which == k
+        torch.testing.assert_close(ours[rows], get_attack(name)(model, x, y, eps=value, **extra)[rows],
+                                   atol=1e-6, rtol=0)
+    for i in range(4):  # and literally sample by sample
+        alone = get_attack(name)(model, x[i : i + 1], y[i : i + 1], eps=values[i % 3], **extra)
+        torch.testing.assert_close(ours[i : i + 1], alone, atol=1e-6, rtol=0)
+
+
+def test_uniform_tensor_eps_is_the_float_attack():
+    model, (x, y) = rgb_net(), rgb_inputs()
+    for shape in [(3, 1, 1), (len(y), 1, 1, 1), (len(y), 3, 1, 1), ()]:
+        eps = torch.full(shape, 0.05)
+        torch.testing.assert_close(pgd(model, x, y, eps=eps, steps=5), pgd(model, x, y, eps=0.05, steps=5),
+                                   atol=1e-6, rtol=0)
+
+
+def test_per_channel_box_is_respected_and_reached():
+    model, (x, y) = rgb_net(), rgb_inputs()
+    eps = torch.tensor([0.01, 0.05, 0.1]).view(3, 1, 1)
+    adv = pgd(model, x, y, eps=eps, steps=10, random_start=True)
+    reach = (adv - x).abs().amax(dim=(0, 2, 3))  # (3,) largest move per channel
+    assert torch.all(reach <= eps.flatten() + 1e-6)
+    torch.testing.assert_close(reach, eps.flatten(), atol=1e-6, rtol=0)  # each box is used to its edge
+    assert adv.min().item() >= 0.0 and adv.max().item() <= 1.0
+
+
+def test_per_sample_and_channel_box_is_respected():
+    model, (x, y) = rgb_net(), rgb_inputs()
+    gen = torch.Generator().manual_seed(5)
+    eps = torch.rand(len(y), 3, 1, 1, generator=gen) * 0.1
+    eps[0] = 0.0  # a zero box leaves its sample (or channel) unchanged
+    adv = fgsm(model, x, y, eps=eps)
+    assert torch.all((adv - x).abs() <= eps + 1e-6)
+    assert torch.equal(adv[0], x[0])
+
+
+def test_default_alpha_of_a_tensor_is_elementwise():
+    torch.testing.assert_close(default_alpha(torch.tensor([0.3, 0.02]), 40), torch.tensor([0.01875, 0.00125]))
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"eps": torch.tensor([0.1, -0.2, 0.1]).view(3, 1, 1)}, r"eps tensor .* got -0.2 at index \(1, 0, 0\)"),
+        ({"eps": torch.tensor([0.1, float("nan"), 0.1]).view(3, 1, 1)}, r"eps tensor .* got nan"),
+        ({"eps": torch.tensor([float("inf")])}, r"eps tensor .* got inf"),
+        ({"eps": torch.full((2, 1, 1), 0.1)}, "does not broadcast to x's shape"),
+        ({"eps": torch.full((3, 1, 1), 0.1), "alpha": torch.full((3, 1, 1), -0.01)}, "alpha tensor"),
+        ({"eps": torch.tensor([True, False, True]).view(3, 1, 1)}, "real numbers"),
+    ],
+)
+def test_bad_tensor_eps_raise(kwargs, match):
+    model, (x, y) = rgb_net(), rgb_inputs()
+    with pytest.raises(ValueError, match=match):
+        pgd(model, x, y, steps=2, **kwargs)
+
+
+# ---------------------------------------------------------------- stop_when_fooled
+
+
+class CountingModel(nn.Module):
+    """Records the batch size of every forward pass."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model, self.rows = model, []
+
+    def forward(self, x):
+        self.rows.append(int(x.shape[0]))
+        return self.model(x)
+
+
+def misclassified(model, x, y) -> torch.Tensor:
+    with torch.no_grad():
+        return model(x).argmax(1) != y
+
+
+@pytest.mark.parametrize("eps", [0.05, 0.1])
+def test_stop_when_fooled_returns_the_first_fooled_iterate(trained, eps):
+    model, x, y = trained
+    y = y.clone()
+    y[:5] = (y[:5] + 1) % NUM_CLASSES  # five points misclassified clean
+    steps, alpha = 8, eps / 4
+    iterates = [x] + [pgd(model, x, y, eps, alpha=alpha, steps=k) for k in range(1, steps + 1)]
+    fooled = torch.stack([misclassified(model, it, y) for it in iterates])  # (steps + 1, N)
+    first = torch.where(fooled.any(0), fooled.float().argmax(0), steps)  # first fooled iterate, or the last
+    expected = torch.stack(iterates)[first, torch.arange(len(y))]
+    ours = pgd(model, x, y, eps, alpha=alpha, steps=steps, stop_when_fooled=True)
+    assert int(fooled[0].sum()) == 5 and bool((first > 0).any()) and not bool(fooled.any(0).all())
+    torch.testing.assert_close(ours, expected, atol=1e-6, rtol=0)
+    assert torch.equal(misclassified(model, ours, y), fooled.any(0))
+    assert torch.equal(ours[fooled[0]], x[fooled[0]])  # clean-misclassified points come back as they are
+
+
+@pytest.mark.parametrize("eps", [0.02, 0.05, 0.1])
+def test_stop_when_fooled_is_never_weaker_than_the_last_iterate(trained, eps):
+    model, x, y = trained
+    last = misclassified(model, pgd(model, x, y, eps, steps=10), y)
+    anytime = misclassified(model, pgd(model, x, y, eps, steps=10, stop_when_fooled=True), y)
+    assert torch.all(anytime | ~last)  # every point the last iterate fools stays fooled
+    assert (pgd(model, x, y, eps, steps=10, stop_when_fooled=True) - x).abs().max() <= eps + 1e-6
+
+
+def test_stop_when_fooled_shrinks_the_batch(trained):
+    """Iterate k is computed for exactly the points not fooled at iterates 0..k-1."""
+    model, x, y = trained
+    steps, eps = 10, 0.3
+    alpha = default_alpha(eps, steps)
+    counting = CountingModel(model)
+    pgd(counting, x, y, eps, steps=steps)
+    assert counting.rows == [len(y)] * steps  # last-iterate mode: the full batch every step
+    iterates = [x] + [pgd(model, x, y, eps, alpha=alpha, steps=k) for k in range(1, steps + 1)]
+    fooled = torch.stack([misclassified(model, it, y) for it in iterates])  # (steps + 1, N)
+    first = torch.where(fooled.any(0), fooled.float().argmax(0), steps + 1)
+    expected = [int((first >= k).sum()) for k in range(steps + 1)]  # forward k: the rows still left
+    counting.rows.clear()
+    pgd(counting, x, y, eps, steps=steps, stop_when_fooled=True)
+    assert counting.rows == [n for n in expected if n > 0]
+    assert sum(counting.rows) < 0.5 * steps * len(y)  # the work really shrinks
+
+
+def test_stop_when_fooled_side_effects(untrained):
+    model, x, y = untrained
+    model.train()
+    rng = torch.get_rng_state()
+    pgd(model, x, y, 0.1, steps=3, random_start=True, stop_when_fooled=True)
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert all(m.training for m in model)
+    assert all(p.grad is None for p in model.parameters())
