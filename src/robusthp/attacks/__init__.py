@@ -1,0 +1,90 @@
+"""L-inf evasion attacks (FGSM, PGD) and robust accuracy, in pure torch.
+
+Contract shared by every attack here:
+
+- ``x``: float tensor ``(N, ...)`` (images ``(N, C, H, W)``), pixels in ``[0, 1]``; any
+  normalization lives inside the model. ``y``: ``(N,)`` integer class indices.
+- The model returns **logits** ``(N, num_classes)``; the loss is cross-entropy (mean
+  over the batch, as torchattacks). Outputs that look like probabilities warn.
+- Returns the adversarial ``x_adv`` (same shape and dtype as ``x``, detached, on
+  ``x``'s device) with ``|x_adv - x|_inf <= eps`` and ``x_adv`` in ``[0, 1]``.
+- ``eps`` (and ``alpha``) is a float (one box for everything: torchattacks' exact
+  arithmetic) or a tensor broadcastable to ``x``, an elementwise box
+  ``|x_adv - x| <= eps``: ``(C, 1, 1)`` per channel (CIFAR-10's "normalized" reading,
+  ``eps_pixel_c = eps * std_c``), ``(N, 1, 1, 1)`` per sample, or ``(N, C, 1, 1)``.
+- Side effects: none. The model runs in eval mode and each submodule's own
+  train/eval flag is restored afterwards; no parameter's ``.grad`` is written
+  (``torch.autograd.grad`` w.r.t. the input only); the global RNG is never drawn
+  from; works under ``torch.no_grad``/``torch.inference_mode`` (inference-tensor
+  inputs are cloned); runs in fp32 even inside ``torch.autocast``.
+
+The code, by job (every name is imported from ``robusthp.attacks``, the public path):
+
+- ``linf``: ``fgsm`` and ``pgd``, both run by the one attack loop ``_linf_pgd``; the eps/alpha
+  boxes, ``default_alpha``, ``check_attack_args`` and the input checks; the defaults and why.
+- ``accuracy``: the registry of attacks by name (``ATTACKS``, ``register_attack``,
+  ``get_attack``, ``bind``) and ``robust_accuracy`` over all evaluated points (``acc_key``).
+- ``minimal``: ``minimal_eps`` / ``minimal_adversarial`` (the per-example minimal eps*),
+  ``robustness_curve`` and ``min_eps_summary``.
+
+Example::
+
+    >>> from robusthp.attacks import bind, fgsm, pgd, robust_accuracy
+    >>> x_adv = pgd(model, x, y, eps=0.3, steps=40)            # alpha = 0.01875
+    >>> accs = robust_accuracy(model, [(x, y)], {"fgsm": bind("fgsm", eps=0.3),
+    ...                                          "pgd": bind("pgd", eps=0.3)})
+    >>> eps_star = minimal_eps(model, x, y, eps_max=0.6)      # (N,) pixels, inf = > 0.6
+    >>> acc = robustness_curve(eps_star, torch.linspace(0, 0.6, 101))
+"""
+
+# the settings constants and type aliases stay importable from here, outside __all__ as before
+from robusthp.attacks.accuracy import (  # noqa: F401
+    ATTACKS,
+    AttackFn,
+    acc_key,
+    bind,
+    get_attack,
+    register_attack,
+    robust_accuracy,
+)
+from robusthp.attacks.linf import (  # noqa: F401
+    ALPHA_EPS_BUDGET,
+    DEFAULT_PGD_STEPS,
+    PIXEL_TOL,
+    AttackWarning,
+    Box,
+    check_attack_args,
+    default_alpha,
+    fgsm,
+    pgd,
+)
+from robusthp.attacks.minimal import (  # noqa: F401
+    MIN_EPS_BISECTIONS,
+    MIN_EPS_CURVE_POINTS,
+    MIN_EPS_PROBE_STEPS,
+    MIN_EPS_SWEEP_STEPS,
+    PROBE_COARSE_ALPHA,
+    PROBE_FINE_ALPHA,
+    min_eps_summary,
+    minimal_adversarial,
+    minimal_eps,
+    robustness_curve,
+)
+
+__all__ = [
+    "ATTACKS",
+    "AttackWarning",
+    "acc_key",
+    "bind",
+    "check_attack_args",
+    "default_alpha",
+    "fgsm",
+    "get_attack",
+    "min_eps_summary",
+    "minimal_adversarial",
+    "minimal_eps",
+    "pgd",
+    "register_attack",
+    "robust_accuracy",
+    "robustness_curve",
+]
