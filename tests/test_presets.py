@@ -32,7 +32,8 @@ def _one_step_settings(overrides, root):
 
 
 @pytest.mark.parametrize("overrides", [[f"experiment={e}"] for e in EXPERIMENTS]
-                         + [[f"line={line}"] for line in LINES], ids=lambda o: o[0])
+                         + [[f"line={line}"] for line in LINES]
+                         + [[f"regime={r}"] for r in ("sgd_ma2023", "adam", "rmsprop")], ids=lambda o: o[0])
 def test_preset_takes_one_sgd_step(overrides, synthetic_root, tmp_path):
     settings = _one_step_settings(overrides, synthetic_root)
     record = run_experiment(settings, tmp_path)

@@ -68,7 +68,10 @@ def test_divergence_is_recorded_and_the_sweep_goes_on(synthetic_root, tmp_path):
     [
         ("dataset=imagenet", "unknown dataset 'imagenet'; choose one of: cifar10, fashion_mnist, mnist"),
         ("model=vgg", "unknown model 'vgg'; choose one of: c1, m1, resnet18, stdcnn"),
-        ("regime=adam", "unknown regime 'adam'; choose one of: benchmark, lr, lr_bs"),
+        ("regime=adagrad", "unknown regime 'adagrad'; choose one of: adam, benchmark, lr, lr_bs, rmsprop, "
+                           "sgd_ma2023"),
+        ("regime=adam momentum=0.9", "regime 'adam' has no SGD momentum (its regime.beta1, regime.beta2 "
+                                     "are not momentum); got momentum=0.9: drop the override"),
         ("batch_size=0", "batch_size must be >= 1, got 0"),
         ("batch_size=12.5", "batch_size must be an integer, got 12.5"),
         ("momentum=1.2", "momentum must be in [0, 1), got 1.2"),
@@ -76,7 +79,7 @@ def test_divergence_is_recorded_and_the_sweep_goes_on(synthetic_root, tmp_path):
     ],
 )
 def test_bad_input_is_one_line_and_nonzero(synthetic_root, tmp_path, override, message):
-    proc = run([*FAST, override], synthetic_root, tmp_path, check=False)
+    proc = run([*FAST, *override.split()], synthetic_root, tmp_path, check=False)
     assert proc.returncode == 2
     assert proc.stderr.strip() == f"robusthp: error: {message}"
 

@@ -112,30 +112,48 @@ register_model_spec(ModelSpec("resnet18", "ResNet18", "cifar10", "robusthp.model
 # ---------------------------------------------------------------------------- regimes
 
 
+OPTIMIZERS = ("sgd", "adam", "rmsprop")  # the torch optimizers a regime can use (robusthp.optim)
+
+
 @dataclass(frozen=True)
 class RegimeSpec:
-    """One optimizer regime: how its keys and the batch size become SGD settings.
+    """One optimizer regime: how its keys and the batch size become optimizer settings.
 
     ``keys`` are the regime's own config keys (``regime.<key>=...``) with their defaults;
     any other key given to this regime is refused. ``lr`` maps (keys, batch_size) to the
-    initial learning rate: the one place a ratio becomes a rate.
+    initial learning rate: the one place a ratio becomes a rate. A default of ``None`` for
+    ``lr`` means the dataset's, from ``lr_by_dataset`` (a study that tuned lr per dataset).
     """
 
     name: str
     label: str  # the paper's legend
     colour: str  # the paper's colour for its lines
-    keys: Mapping[str, float]
+    keys: Mapping[str, float | None]
     lr: Callable[[Mapping[str, float], int], float]
     fixed_momentum: float | None = None  # a regime that fixes momentum refuses any other
     halve_every_epochs: int | None = None  # the schedule: lr x 0.5 every N epochs (None: none)
+    optimizer: str = "sgd"  # the torch optimizer: one of OPTIMIZERS
+    lr_by_dataset: Mapping[str, float] | None = None  # lr's default per dataset (keys["lr"] None)
+    lr_drops: tuple[float, ...] = ()  # fractions of training after which lr x lr_drop_factor
+    lr_drop_factor: float = 0.1
 
     def __post_init__(self) -> None:
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"regime {self.name!r}: optimizer must be one of {', '.join(OPTIMIZERS)}, "
+                             f"got {self.optimizer!r}")
         object.__setattr__(self, "keys", MappingProxyType(dict(self.keys)))
+        if self.lr_by_dataset is not None:
+            object.__setattr__(self, "lr_by_dataset", MappingProxyType(dict(self.lr_by_dataset)))
+
+    @property
+    def adaptive(self) -> bool:
+        """Adam and RMSProp: per-coordinate step sizes, and no SGD momentum to sweep."""
+        return self.optimizer != "sgd"
 
     @property
     def sweeps_momentum(self) -> bool:
         """Whether momentum is an axis of this regime (the paper's Section 4 figures)."""
-        return self.fixed_momentum is None
+        return self.fixed_momentum is None and not self.adaptive
 
 
 REGIMES: Table = Table("regime")  # name -> RegimeSpec
@@ -154,3 +172,65 @@ register_regime(RegimeSpec(
     "benchmark", "Benchmark", "#d62728", keys={"lr": PAPER_LR}, lr=lambda k, bs: k["lr"],
     fixed_momentum=BENCHMARK_MOMENTUM, halve_every_epochs=BENCHMARK_HALVE_EVERY_EPOCHS,
 ))
+
+# Ma, Pan, Farahmand 2023 (arXiv 2308.06703; code averyma/opt-robust, ``get_optim`` and
+# options/default.yaml): lr per dataset (from the authors' checkpoint names), no weight
+# decay, Adam betas (0.9, 0.999), RMSProp alpha 0.99 without momentum, torch's eps 1e-8.
+# Their SGD has momentum 0 and drops lr x0.1 after 50% and 75% of training; the adaptive
+# ones keep a constant lr. The lr drops after floor(fraction x epochs) epochs.
+MA2023_LR = {  # regime -> dataset -> lr
+    "sgd_ma2023": {"mnist": 0.1, "fashion_mnist": 0.01, "cifar10": 0.2},
+    "adam": {"mnist": 5e-4, "fashion_mnist": 5e-4, "cifar10": 2e-4},
+    "rmsprop": {"mnist": 5e-4, "fashion_mnist": 5e-5, "cifar10": 5e-4},
+}
+MA2023_LR_DROPS = (0.5, 0.75)
+ADAM_BETAS = (0.9, 0.999)
+RMSPROP_ALPHA = 0.99
+ADAPTIVE_EPS = 1e-8  # torch's default for Adam and RMSprop, which the authors keep
+
+register_regime(RegimeSpec(
+    "sgd_ma2023", "SGD (Ma et al.)", "#2ca02c", keys={"lr": None, "weight_decay": 0.0},
+    lr=lambda k, bs: k["lr"], lr_by_dataset=MA2023_LR["sgd_ma2023"], lr_drops=MA2023_LR_DROPS,
+))
+register_regime(RegimeSpec(
+    "adam", "Adam", "#ff7f0e", optimizer="adam", lr=lambda k, bs: k["lr"],
+    keys={"lr": None, "beta1": ADAM_BETAS[0], "beta2": ADAM_BETAS[1], "eps": ADAPTIVE_EPS,
+          "weight_decay": 0.0},
+    lr_by_dataset=MA2023_LR["adam"],
+))
+register_regime(RegimeSpec(
+    "rmsprop", "RMSProp", "#8c564b", optimizer="rmsprop", lr=lambda k, bs: k["lr"],
+    keys={"lr": None, "alpha": RMSPROP_ALPHA, "eps": ADAPTIVE_EPS, "weight_decay": 0.0},
+    lr_by_dataset=MA2023_LR["rmsprop"],
+))
+
+
+# ---------------------------------------------------------------------------- Ma et al. 2023
+# "Understanding the robustness difference between SGD and adaptive gradient methods"
+# (Ma, Pan, Farahmand, arXiv 2308.06703; code averyma/opt-robust): its perturbation budgets
+# per dataset. Fashion-MNIST takes MNIST's (the study states none of its own).
+
+
+@dataclass(frozen=True)
+class PerturbationBudgets:
+    """One dataset's perturbations in Ma et al. 2023, all in [0, 1] pixels."""
+
+    noise_var: tuple[float, ...]  # Gaussian noise N(0, var) per pixel, then clamped
+    l2_eps: tuple[float, ...]  # L2 attacks (PGD-L2, AutoAttack L2)
+    linf_eps: tuple[float, ...]  # L-inf attacks (AutoAttack Linf)
+
+
+MA2023_BANDS = 10  # equal-count radial DCT bands (the authors' 10 for 32x32; the same for 28x28)
+MA2023_BAND_VAR = 0.01  # variance of the band-limited Gaussian noise
+MA2023_NUM_SAMPLES = 1000  # the first 1,000 test points
+_MNIST_BUDGETS = PerturbationBudgets((0.01, 0.05, 0.1), (0.5, 0.7, 1.0), (0.05, 0.07, 0.1))
+MA2023_BUDGETS: Mapping[str, PerturbationBudgets] = MappingProxyType({
+    "mnist": _MNIST_BUDGETS,
+    "fashion_mnist": _MNIST_BUDGETS,
+    "cifar10": PerturbationBudgets((0.001, 0.005, 0.007), (0.1, 0.2, 0.3), (1 / 255, 2 / 255, 4 / 255)),
+})
+
+
+def perturbation_budgets(dataset: str) -> PerturbationBudgets:
+    """The study's budgets for ``dataset`` (a dataset it did not use: MNIST's)."""
+    return MA2023_BUDGETS.get(dataset, _MNIST_BUDGETS)

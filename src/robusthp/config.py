@@ -62,7 +62,8 @@ def _settings(cfg: DictConfig) -> RunSettings:
     _check_model(model)
     regime = dict(OmegaConf.to_container(cfg.regime, resolve=True))
     sgd = resolve_sgd(str(regime.pop("name")), batch_size=data.batch_size,
-                      momentum=cfg.get("momentum"), **regime)
+                      momentum=cfg.get("momentum"), dataset=data.dataset, epochs=train.epochs,
+                      **regime)
     kwargs = cfg.model.get("kwargs")
     return RunSettings(
         data=data, model=model, sgd=sgd, train=train,

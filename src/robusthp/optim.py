@@ -1,13 +1,14 @@
-"""The one optimizer factory: resolved SGD settings -> torch optimizer and schedule.
+"""The one optimizer factory: resolved optimizer settings -> torch optimizer and schedule.
 
-The regimes themselves (the paper's three, Kamath et al. Sec. 2.1) are rows of
+The regimes themselves (the paper's three SGD regimes, Kamath et al. Sec. 2.1, and Ma et
+al. 2023's SGD, Adam and RMSProp) are rows of
 ``robusthp.catalog.REGIMES``; ``robusthp.settings.resolve_sgd`` turns a regime's keys and
 the batch size into :class:`SGDSettings`. This module only builds torch objects from them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 
@@ -21,14 +22,37 @@ __all__ = ["REGIMES", "RegimeSpec", "SGDSettings", "build_optimizer", "get_regim
 def build_optimizer(
     params: Iterable[torch.nn.Parameter], sgd: SGDSettings
 ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler | None]:
-    """SGD with every setting explicit, plus the regime's per-epoch schedule (or None)."""
-    optimizer = torch.optim.SGD(
-        params, lr=sgd.lr, momentum=sgd.momentum, dampening=sgd.dampening,
-        weight_decay=sgd.weight_decay, nesterov=sgd.nesterov,
-    )
+    """The regime's optimizer with every setting explicit, plus its per-epoch schedule (or
+    None): the Benchmark's halving, or the lr drops at fixed epochs (Ma et al.'s SGD)."""
+    optimizer = _OPTIMIZERS[sgd.optimizer](list(params), sgd)
     scheduler = None
     if sgd.halve_every_epochs is not None:
         scheduler = torch.optim.lr_scheduler.StepLR(
             optimizer, step_size=sgd.halve_every_epochs, gamma=0.5
         )
+    elif sgd.lr_drop_epochs:
+        scheduler = torch.optim.lr_scheduler.MultiStepLR(
+            optimizer, milestones=list(sgd.lr_drop_epochs), gamma=sgd.lr_drop_factor
+        )
     return optimizer, scheduler
+
+
+def _sgd(params: list, s: SGDSettings) -> torch.optim.Optimizer:
+    return torch.optim.SGD(params, lr=s.lr, momentum=s.momentum, dampening=s.dampening,
+                           weight_decay=s.weight_decay, nesterov=s.nesterov)
+
+
+def _adam(params: list, s: SGDSettings) -> torch.optim.Optimizer:
+    return torch.optim.Adam(params, lr=s.lr, betas=s.betas, eps=s.eps,
+                            weight_decay=s.weight_decay, amsgrad=False)
+
+
+def _rmsprop(params: list, s: SGDSettings) -> torch.optim.Optimizer:
+    return torch.optim.RMSprop(params, lr=s.lr, alpha=s.alpha, eps=s.eps,
+                               weight_decay=s.weight_decay, momentum=0.0, centered=False)
+
+
+# one builder per robusthp.catalog.OPTIMIZERS entry
+_OPTIMIZERS: dict[str, Callable[[list, SGDSettings], torch.optim.Optimizer]] = {
+    "sgd": _sgd, "adam": _adam, "rmsprop": _rmsprop,
+}

@@ -20,7 +20,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from robusthp.catalog import DATASETS, REGIMES, get_regime, get_spec
+from robusthp.catalog import (
+    DATASETS,
+    MA2023_BAND_VAR,
+    MA2023_BANDS,
+    MA2023_NUM_SAMPLES,
+    REGIMES,
+    get_regime,
+    get_spec,
+)
 
 Check = Callable[[Any, str], Any]  # (value, config key) -> the value, coerced; raises ValueError
 
@@ -302,15 +310,55 @@ class HessianSettings(Checked):
     split: str = setting("train", "eval.hessian.split", one_of(*HESSIAN_SPLITS))
 
 
+def optional_eps_values(value: Any, key: str) -> tuple[float, ...] | None:
+    """None (the dataset's, from the study) or one number >= 0 or a list of them."""
+    return None if value is None else eps_values(value, key)
+
+
+@dataclass(frozen=True)
+class PerturbationSettings(Checked):
+    """Accuracy under perturbations other than the paper's L-inf attacks (Ma et al. 2023):
+    Gaussian noise, DCT band-limited noise, L2 PGD and optionally AutoAttack; [0, 1] pixels.
+    ``None`` budgets take the dataset's from ``robusthp.catalog.MA2023_BUDGETS``."""
+
+    enabled: bool = setting(False, "eval.perturbation.enabled", boolean)
+    noise_var: tuple[float, ...] | None = setting(None, "eval.perturbation.noise_var", optional_eps_values)
+    bands: int = setting(MA2023_BANDS, "eval.perturbation.bands", integer(0))  # 0: no band noise
+    band_var: float = setting(MA2023_BAND_VAR, "eval.perturbation.band_var", positive_number)
+    l2_eps: tuple[float, ...] | None = setting(None, "eval.perturbation.l2_eps", optional_eps_values)
+    l2_steps: int = setting(40, "eval.perturbation.l2_steps", integer(1))  # alpha: 2.5 eps / steps
+    # AutoAttack (standard version, torchattacks) at the L-inf and L2 budgets: slow, off by default
+    autoattack: bool = setting(False, "eval.perturbation.autoattack", boolean)
+    linf_eps: tuple[float, ...] | None = setting(None, "eval.perturbation.linf_eps", optional_eps_values)
+    num_samples: int | None = setting(MA2023_NUM_SAMPLES, "eval.perturbation.num_samples",
+                                      integer(1, optional=True))
+    batch_size: int | None = setting(1000, "eval.perturbation.batch_size", integer(1, optional=True))
+
+
+@dataclass(frozen=True)
+class FunctionSettings(Checked):
+    """Measures of the trained function itself (Ma et al. 2023): an upper bound of its L2
+    Lipschitz constant, the authors' reshaped-kernel number, input-gradient norms and the
+    total weight norm."""
+
+    enabled: bool = setting(False, "eval.function.enabled", boolean)
+    power_iters: int = setting(100, "eval.function.power_iters", integer(1))  # per layer
+    tol: float = setting(1e-4, "eval.function.tol", positive_number)  # relative, per layer
+    num_samples: int | None = setting(1000, "eval.function.num_samples", integer(1, optional=True))
+    batch_size: int | None = setting(1000, "eval.function.batch_size", integer(1, optional=True))
+
+
 # ---------------------------------------------------------------------------- SGD
 
 
 @dataclass(frozen=True)
 class SGDSettings:
-    """Resolved, validated SGD hyperparameters of one run (what results.json records).
+    """Resolved, validated optimizer hyperparameters of one run (what results.json records
+    under ``sgd``; the name is the paper's, the optimizer may be Adam or RMSProp).
 
-    Every SGD setting is explicit: no weight decay, no Nesterov, no dampening (the
-    paper's plain SGD)."""
+    Every setting is explicit: no weight decay, no Nesterov, no dampening (the paper's
+    plain SGD) unless a regime says otherwise. ``momentum`` is SGD's heavy-ball momentum:
+    0 for the adaptive optimizers, which have none (their betas / alpha are apart)."""
 
     regime: str
     lr: float  # the initial, effective learning rate
@@ -320,38 +368,104 @@ class SGDSettings:
     weight_decay: float = 0.0
     nesterov: bool = False
     dampening: float = 0.0
+    optimizer: str = "sgd"  # sgd | adam | rmsprop (robusthp.catalog.OPTIMIZERS)
+    betas: tuple[float, float] | None = None  # Adam's
+    alpha: float | None = None  # RMSProp's smoothing constant
+    eps: float | None = None  # Adam's / RMSProp's denominator term
+    lr_drop_epochs: tuple[int, ...] = ()  # lr x lr_drop_factor after each of these epochs
+    lr_drop_factor: float = 0.1
+
+
+def _unit_interval(value: Any, key: str) -> float:
+    """A number in [0, 1) (betas, alpha)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+        raise ValueError(f"{key} must be a number in [0, 1), got {value!r}")
+    return float(value)
+
+
+def _non_negative(value: Any, key: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+        raise ValueError(f"{key} must be a number >= 0, got {value!r}")
+    return float(value)
+
+
+# the regime keys whose check is not "a positive number"
+_REGIME_KEY_CHECKS: dict[str, Check] = {
+    "beta1": _unit_interval, "beta2": _unit_interval, "alpha": _unit_interval,
+    "weight_decay": _non_negative,
+}
 
 
 def resolve_sgd(regime: str, batch_size: int, momentum: float | None = None,
+                dataset: str | None = None, epochs: int | None = None,
                 **keys: float) -> SGDSettings:
-    """The regime's keys and the batch size -> SGD settings (the one place units change).
+    """The regime's keys and the batch size -> optimizer settings (the one place units change).
 
-    ``momentum=None`` means the regime's own (0 unless the regime fixes it). ``keys`` are
-    the regime's own (``lr`` for lr/benchmark, ``lr_bs_ratio`` for lr_bs); any other key is
+    ``momentum=None`` means the regime's own (0 unless the regime fixes it); an adaptive
+    regime (Adam, RMSProp) refuses any momentum. ``keys`` are the regime's own (``lr`` for
+    lr/benchmark, ``lr_bs_ratio`` for lr_bs, ``beta1`` ... for adam); any other key is
     refused and a missing one takes its default from ``robusthp.catalog.REGIMES``.
+    ``dataset`` picks the default lr of a regime that has one per dataset; ``epochs``
+    places a regime's lr drops (fractions of training).
     """
     spec = get_regime(regime)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-    momentum = check_momentum(momentum)
-    if spec.fixed_momentum is not None:
-        if momentum is not None and momentum != spec.fixed_momentum:
-            raise ValueError(
-                f"regime {regime!r} fixes momentum at {spec.fixed_momentum}; got momentum={momentum!r} "
-                f"(drop the override, or use a regime that sweeps it: "
-                f"{', '.join(f'regime={r}' for r, s in REGIMES.items() if s.sweeps_momentum)})"
-            )
-        momentum = spec.fixed_momentum
+    momentum = _regime_momentum(spec, check_momentum(momentum))
     unused = sorted(set(keys) - set(spec.keys))
     if unused:
         raise ValueError(
             f"regime {regime!r} does not use {', '.join(unused)}; its keys: {', '.join(spec.keys)}"
         )
-    values = {k: positive_number(keys.get(k, default), k) for k, default in spec.keys.items()}
+    values = {k: keys[k] if keys.get(k) is not None else default for k, default in spec.keys.items()}
+    if "lr" in values and values["lr"] is None:
+        values["lr"] = _dataset_lr(spec, dataset)
+    values = {k: _REGIME_KEY_CHECKS.get(k, positive_number)(v, f"regime.{k}") for k, v in values.items()}
     return SGDSettings(
         regime=regime, lr=float(spec.lr(values, batch_size)), momentum=float(momentum or 0.0),
         batch_size=batch_size, halve_every_epochs=spec.halve_every_epochs,
+        weight_decay=values.get("weight_decay", 0.0), optimizer=spec.optimizer,
+        betas=(values["beta1"], values["beta2"]) if "beta1" in values else None,
+        alpha=values.get("alpha"), eps=values.get("eps"),
+        lr_drop_epochs=_drop_epochs(spec, epochs), lr_drop_factor=spec.lr_drop_factor,
     )
+
+
+def _regime_momentum(spec: Any, momentum: float | None) -> float | None:
+    if spec.adaptive and momentum is not None:
+        knobs = "regime.beta1, regime.beta2" if "beta1" in spec.keys else "regime.alpha"
+        raise ValueError(
+            f"regime {spec.name!r} has no SGD momentum (its {knobs} are not momentum); "
+            f"got momentum={momentum!r}: drop the override"
+        )
+    if spec.fixed_momentum is not None:
+        if momentum is not None and momentum != spec.fixed_momentum:
+            raise ValueError(
+                f"regime {spec.name!r} fixes momentum at {spec.fixed_momentum}; got momentum={momentum!r} "
+                f"(drop the override, or use a regime that sweeps it: "
+                f"{', '.join(f'regime={r}' for r, s in REGIMES.items() if s.sweeps_momentum)})"
+            )
+        return spec.fixed_momentum
+    return momentum
+
+
+def _dataset_lr(spec: Any, dataset: str | None) -> float:
+    table = spec.lr_by_dataset or {}
+    if dataset not in table:
+        raise ValueError(
+            f"regime {spec.name!r} has no default lr for dataset {dataset!r} (it has one for "
+            f"{', '.join(table) or 'none'}); set regime.lr=..."
+        )
+    return table[dataset]
+
+
+def _drop_epochs(spec: Any, epochs: int | None) -> tuple[int, ...]:
+    """The epochs after which lr drops: floor(fraction x epochs), each at least 1."""
+    if not spec.lr_drops:
+        return ()
+    if epochs is None:
+        raise ValueError(f"regime {spec.name!r} drops lr at fractions of training: pass epochs=")
+    return tuple(sorted({max(1, math.floor(f * epochs)) for f in spec.lr_drops}))
 
 
 # ---------------------------------------------------------------------------- one run
@@ -367,6 +481,8 @@ class RunSettings:
     train: TrainSettings
     adversarial: AdversarialSettings = field(default_factory=AdversarialSettings)
     hessian: HessianSettings = field(default_factory=HessianSettings)
+    perturbation: PerturbationSettings = field(default_factory=PerturbationSettings)
+    function: FunctionSettings = field(default_factory=FunctionSettings)
     model_kwargs: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -381,5 +497,6 @@ class RunSettings:
         }
 
 
-SECTIONS = (DataSettings, TrainSettings, AdversarialSettings, HessianSettings)
+SECTIONS = (DataSettings, TrainSettings, AdversarialSettings, HessianSettings,
+            PerturbationSettings, FunctionSettings)
 """The settings classes whose fields are config keys."""
