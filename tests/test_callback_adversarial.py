@@ -289,7 +289,10 @@ def test_evaluate_without_a_trainer():
         ({"eps": [0.1, 0.1]}, ValueError, "distinct"),
         ({"eps": 0.1, "pgd_steps": 0}, ValueError, "steps must be"),
         ({"eps": 0.1, "pgd_alpha": 0.0}, ValueError, "alpha"),
-        ({"eps": 0.1, "attacks": ("fgsm", "cw")}, ValueError, "unknown attack 'cw'; valid: fgsm, pgd"),
+        ({"eps": 0.1, "attacks": ("fgsm", "cw")}, ValueError, "unknown attack 'cw'; valid: autoattack, band, "
+                                                               "fgsm, gaussian, pgd, pgd_l2"),
+        ({"eps": 0.1, "attacks": ("fgsm", "gaussian")}, ValueError,
+         "attack 'gaussian' is not an L-inf attack; valid: fgsm, pgd"),
         ({"eps": 0.1, "attacks": ()}, ValueError, "at least one"),
         ({"eps": 0.1, "on": ("fit_end", "validation_end")}, ValueError, "valid: fit_end, test_end"),
         ({"eps": 0.1, "num_samples": 0}, ValueError, "num_samples"),

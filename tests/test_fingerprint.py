@@ -87,3 +87,25 @@ def test_a_rerun_with_another_setting_trains_again(synthetic_root, tmp_path):
             assert record["cell"]["seed"] == 2 and record["fingerprint"] != first["fingerprint"]
     superseded = list((tmp_path / "run").glob("results.superseded-*.json"))
     assert [json.loads(p.read_text())["cell"]["seed"] for p in superseded] == [1]
+
+
+def test_a_switched_off_evaluation_is_not_part_of_the_run():
+    # a run recorded before eval.perturbation existed, and one with it switched off: the same run
+    old = {**CONFIG, "eval": {"adversarial": {"enabled": True, "eps": 0.3}}}
+    new = {**CONFIG, "eval": {"adversarial": {"enabled": True, "eps": 0.3},
+                              "perturbation": {"enabled": False, "bands": 10}}}
+    assert fingerprint(old, UNNAMED_KEYS) == fingerprint(new, UNNAMED_KEYS)
+    on = _with(new, "eval.perturbation.enabled", True)
+    assert fingerprint(on, UNNAMED_KEYS) != fingerprint(old, UNNAMED_KEYS)
+    off_eps = _with(_with(old, "eval.adversarial.enabled", False), "eval.adversarial.eps", 0.1)
+    assert fingerprint(off_eps, UNNAMED_KEYS) == fingerprint(_with(old, "eval.adversarial.enabled", False),
+                                                             UNNAMED_KEYS)
+
+
+def test_a_record_is_judged_by_todays_rule_not_its_stored_stamp(tmp_path):
+    old = {**CONFIG, "eval": {"adversarial": {"enabled": True}}}
+    record = _finished(tmp_path, old)
+    record["fingerprint"] = "written-by-an-older-rule"
+    write_json_atomic(tmp_path / "results.json", record)
+    new = {**CONFIG, "eval": {"adversarial": {"enabled": True}, "function": {"enabled": False}}}
+    assert finished_run(tmp_path, new, fingerprint(new, UNNAMED_KEYS)) == record

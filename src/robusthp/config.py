@@ -16,7 +16,9 @@ from robusthp.catalog import MODELS
 from robusthp.settings import (
     AdversarialSettings,
     DataSettings,
+    FunctionSettings,
     HessianSettings,
+    PerturbationSettings,
     RunSettings,
     TrainSettings,
     resolve_sgd,
@@ -68,6 +70,7 @@ def _settings(cfg: DictConfig) -> RunSettings:
     return RunSettings(
         data=data, model=model, sgd=sgd, train=train,
         adversarial=_optional(cfg, AdversarialSettings), hessian=_optional(cfg, HessianSettings),
+        perturbation=_optional(cfg, PerturbationSettings), function=_optional(cfg, FunctionSettings),
         model_kwargs={} if kwargs is None else dict(OmegaConf.to_container(kwargs, resolve=True)),
     )
 

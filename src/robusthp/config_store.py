@@ -5,7 +5,8 @@ the resolvers that name sweep and run directories.
   ``robusthp.settings`` with its default, so the YAMLs only select and override.
 - ``dataset=<name>``, ``model=<name>`` and ``regime=<name>`` are one choice per entry of
   ``robusthp.catalog``: a regime's node holds its own keys (``regime.lr`` for ``lr``) with
-  the catalog's defaults, nothing else. ``logger=<name>`` is one per
+  the catalog's defaults, nothing else. ``${robusthp_ma2023:<dataset>,<budget>}`` reads a
+  budget of Ma et al. 2023 from ``robusthp.catalog.MA2023_BUDGETS`` (its presets use it). ``logger=<name>`` is one per
   ``robusthp.settings.LOGGERS`` entry, with its options.
 
 Importing ``robusthp.conf`` (Hydra does, to find config.yaml) registers all of it. Imports
@@ -22,7 +23,7 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
-from robusthp.catalog import DATASETS, MODELS, REGIMES
+from robusthp.catalog import DATASETS, MODELS, REGIMES, perturbation_budgets
 from robusthp.settings import LOGGERS, SECTIONS
 
 GROUPS = ("dataset", "model", "regime", "logger")  # filled from tables, not from YAML files
@@ -127,11 +128,21 @@ def job_dir(override_dirname: str) -> str:
     return override_dirname.replace("/", "-") or "default"
 
 
+def ma2023_budget(dataset: str, budget: str) -> list[float]:
+    """``${robusthp_ma2023:mnist,linf_eps}``: one of Ma et al. 2023's budgets of a dataset."""
+    budgets = perturbation_budgets(dataset)
+    if budget not in budgets.__dataclass_fields__:
+        raise ValueError(f"unknown Ma et al. 2023 budget {budget!r}; choose one of: "
+                         f"{', '.join(budgets.__dataclass_fields__)}")
+    return list(getattr(budgets, budget))
+
+
 def register_resolvers() -> None:
     # Cached like Hydra's ${now:}: a sweep's jobs (and joblib's workers) reuse the value the
     # launcher computed, although each job's own hydra.overrides.task differs.
     OmegaConf.register_new_resolver("robusthp_sweep_name", sweep_name, use_cache=True, replace=True)
     OmegaConf.register_new_resolver("robusthp_job_dir", job_dir, replace=True)
+    OmegaConf.register_new_resolver("robusthp_ma2023", ma2023_budget, replace=True)
     # experiment= is in the sweep's name, so each cell's name leaves it out
     OmegaConf.register_new_resolver(
         "robusthp_unnamed_keys", lambda: ["experiment", *UNNAMED_KEYS], replace=True

@@ -62,7 +62,13 @@ from robusthp.results import (
     read_results,
     write_json_atomic,
 )
-from robusthp.settings import AdversarialSettings, HessianSettings, RunSettings
+from robusthp.settings import (
+    AdversarialSettings,
+    FunctionSettings,
+    HessianSettings,
+    PerturbationSettings,
+    RunSettings,
+)
 
 # torch and Lightning (~8 s to import) load only where a run is evaluated: a bad override
 # is refused, and a fully evaluated sweep skipped, without them.
@@ -74,12 +80,16 @@ log = logging.getLogger(__name__)
 
 EVALUATIONS_DIR = "evaluations"
 MODEL_FILE = "model.pt"
-SECTIONS = {"adversarial": AdversarialSettings, "hessian": HessianSettings}
+SECTIONS = {"adversarial": AdversarialSettings, "hessian": HessianSettings,
+            "perturbation": PerturbationSettings, "function": FunctionSettings}
+# what eval=default (or no eval.<section> override) evaluates: the sections a run has on
+DEFAULT_SECTIONS = tuple(name for name, section in SECTIONS.items() if section().enabled)
 # settings that change how, not what, is computed: left out of the file name and fingerprint
 ENV_KEYS = ("trainer.accelerator", "trainer.progress_bar", "trainer.threads", "data.root",
             "data.eval_batch_size")
 LAUNCHERS = ("parallel", "joblib", "basic")  # hydra/launcher=...; basic: sequential
 ALLOWED = ("eval=default|none, eval.adversarial.<key>, eval.hessian.<key>, "
+           "eval.perturbation.<key>, eval.function.<key>, "
            + ", ".join(ENV_KEYS) + ", hydra/launcher=parallel|joblib, hydra.launcher.n_jobs")
 MAX_NAME = 120
 
@@ -92,12 +102,12 @@ class EvalRequest:
     """What the overrides ask for, checked (torch-free).
 
     overrides: as given (``+`` stripped), in order. updates: config key -> value, applied
-    on each run's recorded config. sections: the evaluations to run ("adversarial",
+    on each run's recorded config. sections: the evaluations to run (of ``SECTIONS``:
     "hessian"). n_jobs: processes (None: not given). name: the evaluation file's stem."""
 
     overrides: tuple[str, ...]
     updates: dict[str, Any] = field(default_factory=dict)
-    sections: tuple[str, ...] = ("adversarial", "hessian")
+    sections: tuple[str, ...] = DEFAULT_SECTIONS
     n_jobs: int | None = None
     name: str = "default"
 
@@ -200,7 +210,7 @@ def parse_overrides(overrides: Sequence[str]) -> EvalRequest:
     if choice == "none":
         sections = named_sections
     elif choice == "default" or not named_sections:
-        sections = set(SECTIONS)
+        sections = set(DEFAULT_SECTIONS) | named_sections
     else:
         sections = named_sections
     for section in SECTIONS:  # a chosen section runs unless switched off; the others do not

@@ -93,6 +93,30 @@ def build_callbacks(settings: RunSettings, on: str = "fit_end") -> list[pl.Callb
                 seed=settings.train.seed, progress=settings.train.progress_bar, split=hes.split, on=on,
             )
         )
+    return callbacks + _study_callbacks(settings, on)
+
+
+def _study_callbacks(settings: RunSettings, on: str) -> list[pl.Callback]:
+    """Ma et al. 2023's evaluations: perturbations beyond L-inf, and the function's measures."""
+    callbacks: list[pl.Callback] = []
+    pert, fn, common = settings.perturbation, settings.function, {
+        "seed": settings.train.seed, "progress": settings.train.progress_bar, "on": on}
+    if pert.enabled:
+        from robusthp.callbacks import PerturbationRobustness
+
+        callbacks.append(PerturbationRobustness(
+            noise_var=pert.noise_var, bands=pert.bands, band_var=pert.band_var, l2_eps=pert.l2_eps,
+            l2_steps=pert.l2_steps, autoattack=pert.autoattack, linf_eps=pert.linf_eps,
+            dataset=settings.data.dataset, num_samples=pert.num_samples,
+            batch_size=pert.batch_size, **common,
+        ))
+    if fn.enabled:
+        from robusthp.callbacks import FunctionMeasures
+
+        callbacks.append(FunctionMeasures(
+            power_iters=fn.power_iters, tol=fn.tol, num_samples=fn.num_samples,
+            batch_size=fn.batch_size, **common,
+        ))
     return callbacks
 
 

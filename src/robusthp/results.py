@@ -104,9 +104,14 @@ def flatten(config: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def _kept(config: dict, exclude: tuple[str, ...]) -> dict[str, Any]:
-    """The flattened config without the ``exclude`` keys and the sections they name."""
-    return {k: v for k, v in flatten(config).items()
-            if not any(k == e or k.startswith(e + ".") for e in exclude)}
+    """The flattened config without the ``exclude`` keys and the sections they name, and
+    without every switched-off evaluation (``eval.<section>`` with ``enabled: false``): it
+    computes nothing, so a run recorded before such a section existed is the same run."""
+    flat = flatten(config)
+    off = tuple(k[: -len("enabled")] for k, v in flat.items()
+                if k.startswith("eval.") and k.endswith(".enabled") and v is False)
+    return {k: v for k, v in flat.items()
+            if not any(k == e or k.startswith(e + ".") for e in exclude) and not k.startswith(off)}
 
 
 def fingerprint(config: dict, exclude: tuple[str, ...] = ()) -> str:

@@ -129,7 +129,9 @@ def finished_run(out_dir: Path, config: dict, stamp: str) -> dict | None:
         return None
     record = read_results(path)
     old_config = record.get("config") or {}
-    old_stamp = record.get("fingerprint") or fingerprint(old_config, UNNAMED_KEYS)
+    # from the recorded config when there is one, so that a record written before a rule of
+    # ``fingerprint`` changed is judged by today's rule
+    old_stamp = fingerprint(old_config, UNNAMED_KEYS) if old_config else record.get("fingerprint")
     if old_stamp != stamp:
         keys = config_diff(old_config, config, UNNAMED_KEYS)
         shown = ", ".join(keys[:6]) + (f" and {len(keys) - 6} more" if len(keys) > 6 else "")

@@ -1,4 +1,5 @@
-"""L-inf evasion attacks (FGSM, PGD) and robust accuracy, in pure torch.
+"""Evasion attacks (FGSM, PGD; PGD-L2, AutoAttack), random perturbations (Gaussian and
+DCT band noise) and accuracy under them, in pure torch.
 
 Contract shared by every attack here:
 
@@ -7,23 +8,32 @@ Contract shared by every attack here:
 - The model returns **logits** ``(N, num_classes)``; the loss is cross-entropy (mean
   over the batch, as torchattacks). Outputs that look like probabilities warn.
 - Returns the adversarial ``x_adv`` (same shape and dtype as ``x``, detached, on
-  ``x``'s device) with ``|x_adv - x|_inf <= eps`` and ``x_adv`` in ``[0, 1]``.
+  ``x``'s device) with ``|x_adv - x|_inf <= eps`` and ``x_adv`` in ``[0, 1]``
+  (``pgd_l2``, AutoAttack's L2: ``||x_adv - x||_2 <= eps`` per sample; the noises:
+  see ``noise``, whose band noise is added unclamped).
 - ``eps`` (and ``alpha``) is a float (one box for everything: torchattacks' exact
   arithmetic) or a tensor broadcastable to ``x``, an elementwise box
   ``|x_adv - x| <= eps``: ``(C, 1, 1)`` per channel (CIFAR-10's "normalized" reading,
   ``eps_pixel_c = eps * std_c``), ``(N, 1, 1, 1)`` per sample, or ``(N, C, 1, 1)``.
 - Side effects: none. The model runs in eval mode and each submodule's own
   train/eval flag is restored afterwards; no parameter's ``.grad`` is written
-  (``torch.autograd.grad`` w.r.t. the input only); the global RNG is never drawn
-  from; works under ``torch.no_grad``/``torch.inference_mode`` (inference-tensor
-  inputs are cloned); runs in fp32 even inside ``torch.autocast``.
+  (``torch.autograd.grad`` w.r.t. the input only; AutoAttack's FAB writes and is undone);
+  the global RNG is never drawn from (AutoAttack reseeds it: its state is restored);
+  works under ``torch.no_grad``/``torch.inference_mode`` (inference-tensor inputs are
+  cloned); runs in fp32 even inside ``torch.autocast``.
 
 The code, by job (every name is imported from ``robusthp.attacks``, the public path):
 
 - ``linf``: ``fgsm`` and ``pgd``, both run by the one attack loop ``_linf_pgd``; the eps/alpha
   boxes, ``default_alpha``, ``check_attack_args`` and the input checks; the defaults and why.
-- ``accuracy``: the registry of attacks by name (``ATTACKS``, ``register_attack``,
-  ``get_attack``, ``bind``) and ``robust_accuracy`` over all evaluated points (``acc_key``).
+- ``l2``: ``pgd_l2``, PGD in the L2 ball (torchattacks ``PGDL2``'s arithmetic).
+- ``noise``: ``gaussian_noise`` and ``band_noise`` (Ma et al. 2023's random perturbations,
+  the attacks' call shape), ``dct_matrix`` and ``radial_bands``.
+- ``autoattack``: ``autoattack``, torchattacks' AutoAttack (a lazy import) with the global
+  RNG, ``.grad`` and train/eval flags restored.
+- ``accuracy``: the registry of attacks and perturbations by name (``ATTACKS``: fgsm, pgd,
+  pgd_l2, gaussian, band, autoattack; ``register_attack``, ``get_attack``, ``bind``) and
+  ``robust_accuracy`` over all evaluated points (``acc_key``).
 - ``minimal``: ``minimal_eps`` / ``minimal_adversarial`` (the per-example minimal eps*),
   ``robustness_curve`` and ``min_eps_summary``.
 
@@ -33,20 +43,26 @@ Example::
     >>> x_adv = pgd(model, x, y, eps=0.3, steps=40)            # alpha = 0.01875
     >>> accs = robust_accuracy(model, [(x, y)], {"fgsm": bind("fgsm", eps=0.3),
     ...                                          "pgd": bind("pgd", eps=0.3)})
+    >>> accs = robust_accuracy(model, [(x, y)], {"pgd_l2@0.5": bind("pgd_l2", eps=0.5),
+    ...                                          "gaussian@0.05": bind("gaussian", var=0.05)})
     >>> eps_star = minimal_eps(model, x, y, eps_max=0.6)      # (N,) pixels, inf = > 0.6
     >>> acc = robustness_curve(eps_star, torch.linspace(0, 0.6, 101))
 """
 
 # the settings constants and type aliases stay importable from here, outside __all__ as before
 from robusthp.attacks.accuracy import (  # noqa: F401
+    ATTACK_KINDS,
     ATTACKS,
     AttackFn,
     acc_key,
+    attack_names,
     bind,
     get_attack,
     register_attack,
     robust_accuracy,
 )
+from robusthp.attacks.auto_attack import autoattack
+from robusthp.attacks.l2 import DEFAULT_L2_STEPS, pgd_l2  # noqa: F401
 from robusthp.attacks.linf import (  # noqa: F401
     ALPHA_EPS_BUDGET,
     DEFAULT_PGD_STEPS,
@@ -70,20 +86,29 @@ from robusthp.attacks.minimal import (  # noqa: F401
     minimal_eps,
     robustness_curve,
 )
+from robusthp.attacks.noise import band_noise, dct_matrix, gaussian_noise, radial_bands
 
 __all__ = [
     "ATTACKS",
+    "ATTACK_KINDS",
+    "attack_names",
     "AttackWarning",
     "acc_key",
+    "autoattack",
+    "band_noise",
     "bind",
     "check_attack_args",
+    "dct_matrix",
     "default_alpha",
     "fgsm",
+    "gaussian_noise",
     "get_attack",
     "min_eps_summary",
     "minimal_adversarial",
     "minimal_eps",
     "pgd",
+    "pgd_l2",
+    "radial_bands",
     "register_attack",
     "robust_accuracy",
     "robustness_curve",

@@ -2,7 +2,9 @@
 
 Apart from the attack loop because it only sees attacks as ``(model, x, y) -> x_adv``
 (``bind``): the callback's and the CLI's attack names resolve here, and any registered
-attack is evaluated the same way.
+attack is evaluated the same way. Random perturbations (Gaussian and DCT band noise,
+``robusthp.attacks.noise``) have the same call shape and are registered beside the
+attacks, so one loop evaluates both.
 """
 
 from __future__ import annotations
@@ -15,7 +17,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from robusthp.attacks.auto_attack import autoattack
+from robusthp.attacks.l2 import pgd_l2
 from robusthp.attacks.linf import AttackWarning, fgsm, pgd
+from robusthp.attacks.noise import band_noise, gaussian_noise
 from robusthp.side_effects import eval_mode, fp32
 
 # (model, x, y) -> x_adv, once the attack's own settings are bound (functools.partial)
@@ -25,17 +30,35 @@ AttackFn = Callable[[nn.Module, Tensor, Tensor], Tensor]
 # ---------------------------------------------------------------- registry
 
 ATTACKS: dict[str, Callable[..., Tensor]] = {}
+# what each registered name is: "linf" (takes an L-inf box ``eps``, float or tensor, as
+# fgsm/pgd: what AdversarialRobustness runs), "l2" (an L2 radius), "noise" (random, a
+# variance instead of eps) or "autoattack" (its norm is an argument)
+ATTACK_KINDS: dict[str, str] = {}
+KINDS = ("linf", "l2", "noise", "autoattack")
 
 
-def register_attack(name: str, fn: Callable[..., Tensor]) -> None:
-    """Add an attack ``fn(model, x, y, eps, **settings) -> x_adv``; a taken name is an error."""
+def register_attack(name: str, fn: Callable[..., Tensor], kind: str = "linf") -> None:
+    """Add an attack ``fn(model, x, y, **settings) -> x_adv`` (its budget, ``eps`` or a
+    noise ``var``, among the settings) of ``kind`` (one of ``KINDS``); a taken name is an
+    error."""
     if name in ATTACKS:
         raise ValueError(f"attack {name!r} is already registered ({ATTACKS[name].__name__})")
-    ATTACKS[name] = fn
+    if kind not in KINDS:
+        raise ValueError(f"attack kind must be one of {', '.join(KINDS)}, got {kind!r}")
+    ATTACKS[name], ATTACK_KINDS[name] = fn, kind
+
+
+def attack_names(kind: str) -> list[str]:
+    """The registered names of one kind, sorted: ``attack_names("linf") == ["fgsm", "pgd"]``."""
+    return sorted(name for name, k in ATTACK_KINDS.items() if k == kind)
 
 
 register_attack("fgsm", fgsm)
 register_attack("pgd", pgd)
+register_attack("pgd_l2", pgd_l2, kind="l2")  # eps: the L2 radius
+register_attack("gaussian", gaussian_noise, kind="noise")  # var, not eps
+register_attack("band", band_noise, kind="noise")  # band (and bands, var), not eps
+register_attack("autoattack", autoattack, kind="autoattack")  # eps, norm "Linf" | "L2"; torchattacks
 
 
 def get_attack(name: str) -> Callable[..., Tensor]:
@@ -113,7 +136,8 @@ def _num_correct(model: nn.Module, x: Tensor, y: Tensor) -> int:
 def _warn_if_pgd_weaker(accs: Mapping[str, float]) -> None:
     for key, acc in accs.items():
         partner = "fgsm" + key[len("pgd"):]
-        if key.startswith("pgd_acc") and partner in accs and acc > accs[partner]:
+        # the L-inf PGD only ("pgd_acc[@eps]"): pgd_l2 and the noises have no FGSM partner
+        if key.partition("@")[0] == "pgd_acc" and partner in accs and acc > accs[partner]:
             warnings.warn(
                 f"{key} = {acc:.4f} > {partner} = {accs[partner]:.4f}: PGD is weaker than FGSM "
                 "at the same eps; check alpha/steps or gradient masking",

@@ -64,6 +64,7 @@ from torch import Tensor, nn
 
 from robusthp.attacks import (
     acc_key,
+    attack_names,
     bind,
     check_attack_args,
     default_alpha,
@@ -116,8 +117,12 @@ class _AdversarialRobustnessLogic(shared.StageHooks):
         self.min_eps_max = None if min_eps_max is None else shared.check_value(
             _OWNER, positive_number, min_eps_max, "min_eps_max")
         self.attacks = shared.check_value(_OWNER, names, attacks, "attacks")
+        linf = attack_names("linf")
         for name in self.attacks:
             get_attack(name)  # unknown names raise, listing the valid ones
+            if name not in linf:
+                raise ValueError(f"{_OWNER}: attack {name!r} is not an L-inf attack; valid: "
+                                 f"{', '.join(linf)} (the others: PerturbationRobustness)")
         check_attack_args(eps=self.eps[0], alpha=pgd_alpha, steps=pgd_steps)
         self.pgd_steps, self.pgd_alpha, self.random_start = pgd_steps, pgd_alpha, bool(random_start)
         self.on, self.num_samples, self.batch_size, self.batch_to_xy = shared.check_common(

@@ -12,8 +12,11 @@ writes to ``OUT_DIR``:
 - ``results.csv``: one row per run; the fixed :data:`COLUMNS`, then a column for every
   accuracy key any run has (``fgsm_acc@0.3``, ``pgd_acc@0.3norm``: eps 0.3 in pixels /
   normalized, ordered by attack, reading, eps), the eps* results (``median_min_eps``,
-  ``min_eps_auc``, ...), ``hessian_converged`` when recorded and ``untrained`` when a run is
-  (clean accuracy < 1/num_classes + margin); see :func:`csv_columns`;
+  ``min_eps_auc``, ...), the optimizer study's scalars (``gaussian_acc@<var>``,
+  ``pgd_l2_acc@<eps>``, ``band_acc@<i>`` and ``band_drop@<i>`` by band, the Lipschitz
+  bounds, weight and input-gradient norms; never the list ``lipschitz_layers``),
+  ``hessian_converged`` when recorded and ``untrained`` when a run is (clean accuracy <
+  1/num_classes + margin); see :func:`csv_columns`;
 - ``summary.csv`` (mean / std / min / max and counts over seeds per cell, :func:`summarize`)
   and ``trends.csv`` (slope per doubling of batch size, :func:`trend_table`), both for every
   metric and both without untrained runs and unconverged eigenvalues;
@@ -25,7 +28,15 @@ writes to ``OUT_DIR``:
 - with ``--x noise_scale`` the same figures against the SGD noise scale lr / (B (1 - m))
   (Jastrzebski et al. 2017; Smith & Le 2018), named ``..._noise_scale.png``;
 - ``<dataset>_<model>_robustness_curves.png`` when runs recorded ``min_eps_curve``: accuracy
-  vs eps, one panel per line of the sweep, one line per batch size.
+  vs eps, one panel per line of the sweep, one line per batch size;
+- for each (dataset, model) the optimizer study compares (Ma, Pan, Farahmand 2023: SGD vs
+  Adam vs RMSProp; cells whose runs recorded a perturbation or function metric, of two or
+  more regimes or an adaptive one): ``<dataset>_<model>_optimizers.png`` (accuracy under
+  each Gaussian noise, L2, L-inf and AutoAttack budget vs clean accuracy on the same test
+  points, one point per optimizer, y = x dashed), ``<dataset>_<model>_bands.png`` (accuracy
+  change per DCT band, low to high frequency), ``<dataset>_<model>_function.png`` (Lipschitz
+  bounds, weight norm, input-gradient norm), and ``optimizers.csv`` (n, mean and std over
+  seeds per optimizer cell); none of these for a sweep without the study's metrics.
 
 Untrained runs and unconverged eigenvalues are hollow markers, out of every line and
 statistic, and counted in the figure's note. Names, labels, colours and the order of
@@ -42,6 +53,7 @@ regimes come from :mod:`robusthp.catalog`. One module per job:
   :mod:`~robusthp.report.xaxis`, :mod:`~robusthp.report.marks`,
   :mod:`~robusthp.report.layout` and :mod:`~robusthp.report.notes`): the batch-size figures;
   :mod:`~robusthp.report.curves`: the robustness curves;
+  :mod:`~robusthp.report.optimizers`: the optimizer study's figures and table;
 - :mod:`~robusthp.report.write`: the files; :mod:`~robusthp.report.printing`: the terminal;
 - :mod:`~robusthp.report.cli`: the command line.
 """

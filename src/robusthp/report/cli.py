@@ -79,6 +79,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.quiet:
         print_summary(df)
     figures = [p for name, p in written.items() if name.endswith(".png")]
-    print(f"wrote {written['results.csv']}, {written['summary.csv']}, "
-          f"{written['trends.csv']} and {len(figures)} figures to {out_dir}")
+    tables = [str(p) for name, p in written.items() if name.endswith(".csv")]  # optimizers.csv too
+    print(f"wrote {', '.join(tables)} and {len(figures)} figures to {out_dir}")
     return 0

@@ -6,7 +6,15 @@ of the model's input normalization (per channel eps x std). The plain ``fgsm_acc
 ``pgd_acc`` are the first eps of the first reading (an older run's only budget). Columns
 that only some sweeps have come after :data:`~robusthp.report.table.COLUMNS` in the order of
 :func:`extra_columns`: accuracy keys by (attack, reading, eps), the eps* results, the Hessian
-of the test split, then the flags.
+of the test split, the optimizer study's scalars (:data:`STUDY_METRICS`, ``band_drop@<i>``
+by band, :data:`STUDY_SETTINGS`), then the flags.
+
+The optimizer study (Ma, Pan, Farahmand 2023; issue 14) adds accuracy keys of the same form,
+``<perturbation>_acc@<budget>``: ``gaussian_acc@<var>`` (noise variance), ``band_acc@<i>``
+(DCT band i, 0 = lowest frequencies), ``pgd_l2_acc@<eps>``, ``autoattack_linf_acc@<eps>``,
+``autoattack_l2_acc@<eps>`` (all in pixels), and ``perturbation_clean_acc``,
+``band_drop@<i>`` and the function measures. The list-valued ``lipschitz_layers`` is never
+a column.
 """
 
 from __future__ import annotations
@@ -16,15 +24,23 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-ATTACK_ORDER = ("fgsm", "pgd")  # then any other attack by name
+ATTACK_ORDER = ("fgsm", "pgd", "gaussian", "pgd_l2", "autoattack_l2", "autoattack_linf",
+                "band")  # then any other attack by name
 READINGS = {"": "pixel", "norm": "normalized"}  # key suffix -> eps reading, in column order
 MIN_EPS_METRICS = ("median_min_eps", "min_eps_auc", "min_eps_above_max")  # numeric, summarized
 MIN_EPS_SETTINGS = ("min_eps_max", "min_eps_space")  # per run, written but not summarized
 TEST_SPLIT_METRICS = ("hessian_top_eig@test",)  # eval.hessian.split=test
 HESSIAN_FLAGS = ("hessian_converged", "hessian_converged@test")
 FLAGS = (*HESSIAN_FLAGS, "untrained")  # boolean columns; "untrained" is the report's own
-_ACC_KEY = re.compile(r"^(?P<attack>[a-z][a-z0-9]*)_acc@(?P<eps>\d+(?:\.\d*)?(?:e[-+]?\d+)?)"
+PERTURBATION_CLEAN = "perturbation_clean_acc"  # clean accuracy on the perturbation's points
+FUNCTION_METRICS = ("lipschitz_upper", "lipschitz_ma2023", "weight_norm",
+                    "input_grad_norm_median", "input_grad_norm_p95", "input_grad_norm_mean")
+STUDY_METRICS = (PERTURBATION_CLEAN, *FUNCTION_METRICS)  # numeric, summarized (band drops too)
+STUDY_SETTINGS = ("perturbation_num_samples", "perturbation_bands", "function_num_samples")
+"""Per-run counts of the optimizer study: written to results.csv, not summarized."""
+_ACC_KEY = re.compile(r"^(?P<attack>[a-z][a-z0-9_]*)_acc@(?P<eps>\d+(?:\.\d*)?(?:e[-+]?\d+)?)"
                       r"(?P<reading>norm)?$")
+_BAND_DROP = re.compile(r"^band_drop@(?P<band>\d+)$")
 
 
 @dataclass(frozen=True)
@@ -38,9 +54,12 @@ class AccKey:
 
     @property
     def eps_text(self) -> str:
-        """``eps 0.3 in pixels`` / ``eps 0.3 normalized (x std)``: the budget as titles write it."""
+        """``eps 0.3 in pixels`` / ``eps 0.3 normalized (x std)``: the budget as titles write it
+        (``var 0.01 in pixels`` for Gaussian noise, ``band 3`` for band-limited noise)."""
+        if self.attack == "band":
+            return f"band {self.eps:g}"
         where = "in pixels" if self.reading == "pixel" else "normalized (x std)"
-        return f"eps {self.eps:g} {where}"
+        return f"{'var' if self.attack == 'gaussian' else 'eps'} {self.eps:g} {where}"
 
     def sort_key(self) -> tuple:
         rank = ATTACK_ORDER.index(self.attack) if self.attack in ATTACK_ORDER else len(ATTACK_ORDER)
@@ -64,23 +83,32 @@ def acc_keys(keys: Iterable[str]) -> list[AccKey]:
     return sorted(parsed.values(), key=AccKey.sort_key)
 
 
+def band_drop_keys(keys: Iterable[str]) -> list[str]:
+    """The ``band_drop@<i>`` keys among ``keys``, by band index (0 = lowest frequencies)."""
+    bands = {k: int(m["band"]) for k in keys if (m := _BAND_DROP.match(k)) is not None}
+    return sorted(bands, key=bands.__getitem__)
+
+
 def is_extra(key: str) -> bool:
     """A metrics key the table keeps besides the fixed ones (see :func:`extra_columns`)."""
     return (parse_acc_key(key) is not None or key in MIN_EPS_METRICS or key in MIN_EPS_SETTINGS
-            or key in TEST_SPLIT_METRICS or key in HESSIAN_FLAGS)
+            or key in TEST_SPLIT_METRICS or key in HESSIAN_FLAGS or key in STUDY_METRICS
+            or key in STUDY_SETTINGS or _BAND_DROP.match(key) is not None)
 
 
 def extra_columns(columns: Iterable[str]) -> list[str]:
     """The extra columns among ``columns``, in results.csv order."""
     columns = list(columns)
-    fixed = [*MIN_EPS_METRICS, *MIN_EPS_SETTINGS, *TEST_SPLIT_METRICS, *FLAGS]
-    return [k.key for k in acc_keys(columns)] + [c for c in fixed if c in columns]
+    before = [*MIN_EPS_METRICS, *MIN_EPS_SETTINGS, *TEST_SPLIT_METRICS, PERTURBATION_CLEAN]
+    after = [*FUNCTION_METRICS, *STUDY_SETTINGS, *FLAGS]
+    return ([k.key for k in acc_keys(columns)] + [c for c in before if c in columns]
+            + band_drop_keys(columns) + [c for c in after if c in columns])
 
 
 def extra_metrics(columns: Iterable[str]) -> list[str]:
     """The extra columns that are numeric metrics (summarized over seeds), in order."""
     return [c for c in extra_columns(columns)
-            if c not in MIN_EPS_SETTINGS and c not in FLAGS]
+            if c not in MIN_EPS_SETTINGS and c not in STUDY_SETTINGS and c not in FLAGS]
 
 
 def converged_flag(metric: str) -> str | None:

@@ -3,7 +3,11 @@
 Which figures there are follows the table and the catalog: one per (dataset, model), a
 Section 4 momentum figure per regime the catalog says sweeps momentum, and a robustness
 curve figure per (dataset, model) whose runs recorded ``min_eps_curve``. Against the noise
-scale (``x="noise_scale"``) the batch-size figures are named ``..._noise_scale.png``.
+scale (``x="noise_scale"``) the batch-size figures are named ``..._noise_scale.png``. Each
+(dataset, model) the optimizer study compares (:mod:`~robusthp.report.optimizers`) adds its
+three figures (``_optimizers``, ``_bands``, ``_function``: the same whatever the x-axis
+of the batch-size figures) and ``optimizers.csv``, which is only written when some
+(dataset, model) is compared: a sweep without the study's metrics writes what it always did.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from robusthp.report.curves import has_curves, plot_robustness_curves
 from robusthp.report.figures import plot_batch_size_figure, plot_momentum_figure
 from robusthp.report.flags import DEFAULT_UNTRAINED_MARGIN, untrained
 from robusthp.report.names import regime_order, sweeps_momentum
+from robusthp.report.optimizers import optimizer_figure_names, optimizer_figures, optimizer_table
 from robusthp.report.stats import summarize, trend_table
 from robusthp.report.table import collect, csv_columns
 from robusthp.report.xaxis import NoNoiseScale, get_x_axis, noise_scale
@@ -54,7 +59,9 @@ def write_report(dirs: Iterable[str | os.PathLike], out_dir: str | os.PathLike, 
     ``results.csv`` (one row per run, :func:`~robusthp.report.table.csv_columns`),
     ``summary.csv`` (:func:`~robusthp.report.summarize`) and ``trends.csv``
     (:func:`~robusthp.report.trend_table`); both leave untrained runs and unconverged
-    eigenvalues out. ``momenta`` filters the lines of the per-(dataset, model) figures (not
+    eigenvalues out. ``optimizers.csv``
+    (:func:`~robusthp.report.optimizers.optimizer_table`) when the optimizer study compares
+    some (dataset, model). ``momenta`` filters the lines of the per-(dataset, model) figures (not
     the Section 4 momentum figures); ``x`` is ``"batch_size"`` or ``"noise_scale"``;
     ``untrained_margin`` is used when ``df`` is not given. Returns ``{file name: path}`` of
     everything written. Raises ``FileNotFoundError`` for a missing dir and ``ValueError``
@@ -74,6 +81,9 @@ def write_report(dirs: Iterable[str | os.PathLike], out_dir: str | os.PathLike, 
     df.to_csv(written["results.csv"], columns=csv_columns(df), index=False)
     summarize(df).to_csv(written["summary.csv"], index=False)
     trend_table(df).to_csv(written["trends.csv"], index=False)
+    if optimizer_figure_names(df):
+        written["optimizers.csv"] = out_dir / "optimizers.csv"
+        optimizer_table(df).to_csv(written["optimizers.csv"], index=False)
     for name, fig in _figures(df, momenta, spread, x):  # one at a time: saved, then freed
         fig.savefig(out_dir / name)
         written[name] = out_dir / name
@@ -98,3 +108,5 @@ def _figures(df: pd.DataFrame, momenta, spread: str, x: str) -> Iterator[tuple[s
         yield name, fig
     for dataset, model in curve_figure_names(df):
         yield f"{dataset}_{model}_robustness_curves.png", plot_robustness_curves(df, dataset, model)
+    for dataset, model in optimizer_figure_names(df):
+        yield from optimizer_figures(df, dataset, model)
