@@ -60,3 +60,25 @@ def test_first_code_cell_sets_the_table_path(name):
     nb = nbformat.read(NOTEBOOK, as_version=4)
     first_code = next(c for c in nb.cells if c.cell_type == "code")
     assert name in first_code.source
+
+
+OPTIMIZERS_NOTEBOOK = NOTEBOOK.parent / "optimizers.ipynb"
+
+
+def test_optimizers_notebook_draws_the_three_claims(tmp_path, monkeypatch):
+    from test_report_optimizers import make_study  # 3 regimes x 3 seeds, one untrained, one failed
+
+    make_study(tmp_path / "sweep")
+    written = report.write_report([tmp_path / "sweep"], tmp_path / "report")
+    monkeypatch.setenv("ROBUSTHP_REPORT_CSV", str(written["results.csv"]))
+
+    nb = nbformat.read(OPTIMIZERS_NOTEBOOK, as_version=4)
+    NotebookClient(nb, timeout=120, kernel_name="python3",
+                   resources={"metadata": {"path": str(OPTIMIZERS_NOTEBOOK.parent)}}).execute()
+
+    outputs = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs]
+    assert not [o for o in outputs if o.output_type == "error"]
+    images = [o for o in outputs if "image/png" in o.get("data", {})]
+    assert len(images) == 3  # perturbations, bands, function measures of the one compared pair
+    text = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
+    assert "gaussian_acc@0.01:" in text and "lipschitz_upper:" in text
