@@ -257,6 +257,16 @@ def trainer_source(trainer: Any, attr: str) -> Source:
     return f"trainer.{attr}", lambda: first_loader(getattr(trainer, attr, None))
 
 
+def sources_of_test_data(dataloader: Any, trainer: Any, stage: str) -> list[Source]:
+    """Where a test-data callback's samples come from: ``dataloader=`` if given, else at fit
+    end the datamodule's ``test_dataloader()``, at test end the running test's loaders."""
+    if dataloader is not None:
+        return given(dataloader)
+    if stage == "fit_end":
+        return [datamodule_source(trainer, "test_dataloader")]
+    return [trainer_source(trainer, "test_dataloaders")]
+
+
 def find_loader(sources: Iterable[Source]) -> tuple[Iterable[Any] | None, str]:
     """The first source's loader that exists: ``(loader, source name)``; else
     ``(None, why)``. A source that raises (a datamodule whose ``test_dataloader()``

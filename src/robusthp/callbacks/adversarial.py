@@ -134,13 +134,8 @@ class _AdversarialRobustnessLogic(shared.StageHooks):
     # ------------------------------------------------------------ Lightning hooks
 
     def data_sources(self, trainer: Any, stage: str) -> list[shared.Source]:
-        """Test data only (see the module docstring): at fit end the datamodule's, at test
-        end the running test's."""
-        if self.dataloader is not None:
-            return shared.given(self.dataloader)
-        if stage == "fit_end":
-            return [shared.datamodule_source(trainer, "test_dataloader")]
-        return [shared.trainer_source(trainer, "test_dataloaders")]
+        """Test data only (``shared.sources_of_test_data``)."""
+        return shared.sources_of_test_data(self.dataloader, trainer, stage)
 
     def run_stage(
         self, trainer: Any, pl_module: nn.Module, stage: str, loader: Iterable[Any], source: str
