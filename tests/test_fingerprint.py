@@ -109,3 +109,14 @@ def test_a_record_is_judged_by_todays_rule_not_its_stored_stamp(tmp_path):
     write_json_atomic(tmp_path / "results.json", record)
     new = {**CONFIG, "eval": {"adversarial": {"enabled": True}, "function": {"enabled": False}}}
     assert finished_run(tmp_path, new, fingerprint(new, UNNAMED_KEYS)) == record
+
+
+def test_a_key_at_its_neutral_value_is_the_run_recorded_before_it_existed(tmp_path):
+    # data.rotation came after runs were recorded; 0 (no rotation) is what those runs did
+    new = _with(CONFIG, "data.rotation", 0.0)
+    assert fingerprint(new, UNNAMED_KEYS) == fingerprint(CONFIG, UNNAMED_KEYS)
+    _finished(tmp_path, CONFIG)
+    assert finished_run(tmp_path, new, fingerprint(new, UNNAMED_KEYS)) is not None
+    rotated = _with(CONFIG, "data.rotation", 30.0)
+    assert fingerprint(rotated, UNNAMED_KEYS) != fingerprint(CONFIG, UNNAMED_KEYS)
+    assert config_diff(CONFIG, rotated, UNNAMED_KEYS) == ["data.rotation"]

@@ -17,7 +17,7 @@ MNIST = dict(in_channels=1, image_size=28, mean=(0.1307,), std=(0.3081,))
 CIFAR = dict(
     in_channels=3, image_size=32, mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616)
 )
-DATASET = {"m1": MNIST, "stdcnn": MNIST, "c1": CIFAR, "resnet18": CIFAR}
+DATASET = {"m1": MNIST, "stdcnn": MNIST, "c1": CIFAR, "resnet18": CIFAR, "p4cnn": MNIST, "z2cnn": MNIST}
 
 
 # ---- parameter counts by hand, layer by layer ------------------------------------------
@@ -87,6 +87,25 @@ HAND_COUNT = {
         ]
     ),
     "resnet18": resnet18_count(3, 10),
+    # P4CNN on 1x28x28 (Cohen & Welling): a P4 filter holds 4 rotation planes, its bias and
+    # BN one value per channel, shared over the rotations
+    "p4cnn": sum(
+        [
+            10 * 1 * 3 * 3 + 10,  # lifting conv 1 -> 10, 3x3 = 100
+            5 * (10 * 10 * 4 * 3 * 3 + 10),  # five P4 convs 10 -> 10, 3x3 = 5 x 3,610
+            10 * 10 * 4 * 4 * 4 + 10,  # final P4 conv 10 -> 10, 4x4 = 6,410
+            6 * 2 * 10,  # six BNs, weight + bias
+        ]
+    ),
+    # Z2CNN: the same layout with plain convs of 20 channels
+    "z2cnn": sum(
+        [
+            conv(1, 20, 3),  # 200
+            5 * conv(20, 20, 3),  # 5 x 3,620
+            conv(20, 10, 4),  # 3,210
+            6 * 2 * 20,  # six BNs
+        ]
+    ),
 }
 
 
@@ -106,7 +125,7 @@ def pixels(dataset: dict, n: int = 2) -> torch.Tensor:
 
 
 def test_registry_names():
-    assert sorted(MODELS) == ["c1", "m1", "resnet18", "stdcnn"]
+    assert sorted(MODELS) == ["c1", "m1", "p4cnn", "resnet18", "stdcnn", "z2cnn"]
     assert set(HAND_COUNT) == set(MODELS) == set(DATASET)
 
 
@@ -117,7 +136,8 @@ def test_param_count_matches_table_1(name):
 
 def test_param_counts_literal_values():
     # the numbers quoted in the docstrings and README
-    assert HAND_COUNT == {"m1": 176_050, "stdcnn": 23_010, "c1": 1_756_682, "resnet18": 11_173_962}
+    assert HAND_COUNT == {"m1": 176_050, "stdcnn": 23_010, "c1": 1_756_682, "resnet18": 11_173_962,
+                          "p4cnn": 24_680, "z2cnn": 21_750}
 
 
 def test_m1_without_pooling_is_the_literal_table():
@@ -238,7 +258,7 @@ def test_stdcnn_dropout_is_off_in_eval_mode():
 def test_unknown_model_lists_names():
     with pytest.raises(ValueError) as err:
         build_model("foo", num_classes=10, **MNIST)
-    assert str(err.value) == "unknown model 'foo'; choose one of: c1, m1, resnet18, stdcnn"
+    assert str(err.value) == "unknown model 'foo'; choose one of: c1, m1, p4cnn, resnet18, stdcnn, z2cnn"
 
 
 def test_duplicate_registration_is_an_error():

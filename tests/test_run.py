@@ -29,7 +29,7 @@ def test_one_epoch_run_writes_complete_results(synthetic_root, tmp_path):
     assert res["status"] == "ok" and res["error"] is None
     assert res["cell"] == {
         "dataset": "mnist", "model": "stdcnn", "regime": "lr_bs", "batch_size": 32,
-        "momentum": 0.5, "lr": pytest.approx(0.005), "seed": 3, "epochs": 1,
+        "momentum": 0.5, "lr": pytest.approx(0.005), "seed": 3, "epochs": 1, "rotation": 0.0,
     }
     for key in ("test_acc", "val_acc", "train_loss"):
         assert isinstance(res["metrics"][key], float)
@@ -67,7 +67,7 @@ def test_divergence_is_recorded_and_the_sweep_goes_on(synthetic_root, tmp_path):
     "override,message",
     [
         ("dataset=imagenet", "unknown dataset 'imagenet'; choose one of: cifar10, fashion_mnist, mnist"),
-        ("model=vgg", "unknown model 'vgg'; choose one of: c1, m1, resnet18, stdcnn"),
+        ("model=vgg", "unknown model 'vgg'; choose one of: c1, m1, p4cnn, resnet18, stdcnn, z2cnn"),
         ("regime=adagrad", "unknown regime 'adagrad'; choose one of: adam, benchmark, lr, lr_bs, rmsprop, "
                            "sgd_ma2023"),
         ("regime=adam momentum=0.9", "regime 'adam' has no SGD momentum (its regime.beta1, regime.beta2 "
@@ -76,6 +76,11 @@ def test_divergence_is_recorded_and_the_sweep_goes_on(synthetic_root, tmp_path):
         ("batch_size=12.5", "batch_size must be an integer, got 12.5"),
         ("momentum=1.2", "momentum must be in [0, 1), got 1.2"),
         ("epochs=0", "epochs must be >= 1, got 0"),
+        ("data.rotation=200", "data.rotation must be an angle in degrees from 0 to 180; got 200"),
+        ("eval.universal.enabled=true eval.universal.attacks=[pgd]",
+         "eval.universal.attacks: unknown 'pgd' in ['pgd']; choose from gradient, fgsm, deepfool"),
+        ("eval.invariance.enabled=true eval.invariance.thetas=[0,200]",
+         "eval.invariance.thetas must be angles in degrees from 0 to 180; got 200 in [0, 200]"),
     ],
 )
 def test_bad_input_is_one_line_and_nonzero(synthetic_root, tmp_path, override, message):

@@ -18,9 +18,11 @@ from robusthp.settings import (
     DataSettings,
     FunctionSettings,
     HessianSettings,
+    InvarianceSettings,
     PerturbationSettings,
     RunSettings,
     TrainSettings,
+    UniversalSettings,
     resolve_sgd,
 )
 
@@ -71,6 +73,7 @@ def _settings(cfg: DictConfig) -> RunSettings:
         data=data, model=model, sgd=sgd, train=train,
         adversarial=_optional(cfg, AdversarialSettings), hessian=_optional(cfg, HessianSettings),
         perturbation=_optional(cfg, PerturbationSettings), function=_optional(cfg, FunctionSettings),
+        invariance=_optional(cfg, InvarianceSettings), universal=_optional(cfg, UniversalSettings),
         model_kwargs={} if kwargs is None else dict(OmegaConf.to_container(kwargs, resolve=True)),
     )
 

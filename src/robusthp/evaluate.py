@@ -66,8 +66,10 @@ from robusthp.settings import (
     AdversarialSettings,
     FunctionSettings,
     HessianSettings,
+    InvarianceSettings,
     PerturbationSettings,
     RunSettings,
+    UniversalSettings,
 )
 
 # torch and Lightning (~8 s to import) load only where a run is evaluated: a bad override
@@ -81,7 +83,8 @@ log = logging.getLogger(__name__)
 EVALUATIONS_DIR = "evaluations"
 MODEL_FILE = "model.pt"
 SECTIONS = {"adversarial": AdversarialSettings, "hessian": HessianSettings,
-            "perturbation": PerturbationSettings, "function": FunctionSettings}
+            "perturbation": PerturbationSettings, "function": FunctionSettings,
+            "invariance": InvarianceSettings, "universal": UniversalSettings}
 # what eval=default (or no eval.<section> override) evaluates: the sections a run has on
 DEFAULT_SECTIONS = tuple(name for name, section in SECTIONS.items() if section().enabled)
 # settings that change how, not what, is computed: left out of the file name and fingerprint
@@ -89,7 +92,8 @@ ENV_KEYS = ("trainer.accelerator", "trainer.progress_bar", "trainer.threads", "d
             "data.eval_batch_size")
 LAUNCHERS = ("parallel", "joblib", "basic")  # hydra/launcher=...; basic: sequential
 ALLOWED = ("eval=default|none, eval.adversarial.<key>, eval.hessian.<key>, "
-           "eval.perturbation.<key>, eval.function.<key>, "
+           "eval.perturbation.<key>, eval.function.<key>, eval.invariance.<key>, "
+           "eval.universal.<key>, "
            + ", ".join(ENV_KEYS) + ", hydra/launcher=parallel|joblib, hydra.launcher.n_jobs")
 MAX_NAME = 120
 

@@ -117,6 +117,28 @@ def _study_callbacks(settings: RunSettings, on: str) -> list[pl.Callback]:
             power_iters=fn.power_iters, tol=fn.tol, num_samples=fn.num_samples,
             batch_size=fn.batch_size, **common,
         ))
+    return callbacks + _invariance_callbacks(settings, common)
+
+
+def _invariance_callbacks(settings: RunSettings, common: dict[str, Any]) -> list[pl.Callback]:
+    """Kamath et al.'s rotation study: the invariance profile and SVD-Universal."""
+    callbacks: list[pl.Callback] = []
+    inv, uap = settings.invariance, settings.universal
+    if inv.enabled:
+        from robusthp.callbacks import InvarianceProfile
+
+        callbacks.append(InvarianceProfile(
+            thetas=inv.thetas, angles=inv.angles, num_samples=inv.num_samples,
+            batch_size=inv.batch_size, **common,
+        ))
+    if uap.enabled:
+        from robusthp.callbacks import UniversalPerturbation
+
+        callbacks.append(UniversalPerturbation(
+            attacks=uap.attacks, n=uap.n, norms=uap.norms, num_samples=uap.num_samples,
+            invariant=uap.invariant, delta_degrees=uap.delta_degrees, batch_size=uap.batch_size,
+            **{k: v for k, v in common.items() if k != "seed"},
+        ))
     return callbacks
 
 

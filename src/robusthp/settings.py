@@ -177,6 +177,13 @@ def check_divides(batch_size: int, devices: int) -> None:
         )
 
 
+def degrees(value: Any, key: str) -> float:
+    """An angle in degrees, 0 to 180 (a rotation's largest magnitude)."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 180:
+        raise ValueError(f"{key} must be an angle in degrees from 0 to 180; got {value!r}")
+    return float(value)
+
+
 def _dataset(value: Any, key: str) -> str:
     return get_spec(value).name
 
@@ -233,6 +240,9 @@ class DataSettings(Checked):
     train_subset: int | None = setting(None, "data.train_subset", integer(1, optional=True))  # first N
     test_subset: int | None = setting(None, "data.test_subset", integer(1, optional=True))
     download: bool = setting(True, "data.download", boolean)  # when missing under root (needs internet)
+    # training images rotated by a uniform random angle in [-rotation, rotation] degrees
+    # (nearest, black fill: Kamath et al., arXiv 2002.11318); 0: none
+    rotation: float = setting(0.0, "data.rotation", degrees)
     on_device: bool = setting(True)  # keep the whole dataset on the training device
     channels_last: bool = setting(False)  # resolved at run time from TrainSettings.channels_last
     # SGD steps per Lightning training_step call: amortizes its ~0.5-0.9 ms per-call cost
@@ -346,6 +356,83 @@ class FunctionSettings(Checked):
     tol: float = setting(1e-4, "eval.function.tol", positive_number)  # relative, per layer
     num_samples: int | None = setting(1000, "eval.function.num_samples", integer(1, optional=True))
     batch_size: int | None = setting(1000, "eval.function.batch_size", integer(1, optional=True))
+
+
+def angles(low: float | None = None, high: float | None = None) -> Check:
+    """A check: one angle in degrees or a list of them (an empty list: none), each finite
+    and within [low, high] where given."""
+
+    def check(value: Any, key: str) -> tuple[float, ...]:
+        values = list(value) if isinstance(value, list | tuple) else [value]
+        span = f" from {low:g} to {high:g}" if low is not None and high is not None else ""
+        for v in values:
+            ok = not isinstance(v, bool) and isinstance(v, int | float) and math.isfinite(v)
+            if not ok or (low is not None and v < low) or (high is not None and v > high):
+                raise ValueError(f"{key} must be angles in degrees{span}; got {v!r} in {value!r}")
+        return tuple(float(v) for v in values)
+
+    return check
+
+
+def l2_norms(value: Any, key: str) -> tuple[float, ...]:
+    """One L2 norm >= 0 or a non-empty list of them ([0, 1] pixel units)."""
+    values = list(value) if isinstance(value, list | tuple) else [value]
+    if not values:
+        raise ValueError(f"{key} must be one L2 norm >= 0 or a list of them; got an empty list")
+    for v in values:
+        if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) or v < 0:
+            raise ValueError(f"{key} must be L2 norms >= 0 (in [0, 1] pixels); got {v!r} in {value!r}")
+    return tuple(float(v) for v in values)
+
+
+def _choices(allowed: tuple[str, ...]) -> Check:
+    """A check: one name of ``allowed`` or a non-empty list of them, without repeats."""
+
+    def check(value: Any, key: str) -> tuple[str, ...]:
+        out = names(value, key)
+        bad = [v for v in out if v not in allowed]
+        if bad or len(set(out)) != len(out):
+            why = f"unknown {bad[0]!r}" if bad else "a repeated name"
+            raise ValueError(f"{key}: {why} in {value!r}; choose from {', '.join(allowed)}")
+        return out
+
+    return check
+
+
+UNIVERSAL_ATTACKS = ("gradient", "fgsm", "deepfool")  # robusthp.attacks.universal's directions
+PROFILE_ANGLES = tuple(float(a) for a in range(0, 181, 15))  # 0, 15, ..., 180 degrees
+
+
+@dataclass(frozen=True)
+class InvarianceSettings(Checked):
+    """The rotation-invariance profile (Kamath et al., arXiv 2002.11318): test accuracy on
+    images rotated by a uniform random angle in [-theta, theta], and at fixed angles."""
+
+    enabled: bool = setting(False, "eval.invariance.enabled", boolean)
+    thetas: tuple[float, ...] = setting(PROFILE_ANGLES, "eval.invariance.thetas", angles(0, 180))
+    angles: tuple[float, ...] = setting(PROFILE_ANGLES, "eval.invariance.angles", angles())  # [] : off
+    num_samples: int | None = setting(1000, "eval.invariance.num_samples", integer(1, optional=True))
+    batch_size: int | None = setting(1000, "eval.invariance.batch_size", integer(1, optional=True))
+
+
+@dataclass(frozen=True)
+class UniversalSettings(Checked):
+    """SVD-Universal perturbations (Kamath et al., arXiv 2005.08632): one input-agnostic L2
+    direction from the first ``n`` test points' attack directions, and its fooling rate on
+    the held-out ones at each L2 norm in [0, 1] pixels; with ``invariant``, the universal
+    invariant direction of rotation tangents (a reconstruction, arXiv 2006.04449)."""
+
+    enabled: bool = setting(False, "eval.universal.enabled", boolean)
+    attacks: tuple[str, ...] = setting(UNIVERSAL_ATTACKS, "eval.universal.attacks",
+                                       _choices(UNIVERSAL_ATTACKS))
+    n: int = setting(64, "eval.universal.n", integer(1))  # points that build the direction
+    # MNIST images have an L2 norm of about 9.4 in [0, 1] pixels (extensions.md)
+    norms: tuple[float, ...] = setting((0.0, 1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 10.0),
+                                       "eval.universal.norms", l2_norms)
+    num_samples: int = setting(1000, "eval.universal.num_samples", integer(2))  # n + held-out
+    invariant: bool = setting(True, "eval.universal.invariant", boolean)
+    delta_degrees: float = setting(2.0, "eval.universal.delta_degrees", positive_number)
+    batch_size: int | None = setting(1000, "eval.universal.batch_size", integer(1, optional=True))
 
 
 # ---------------------------------------------------------------------------- SGD
@@ -483,6 +570,8 @@ class RunSettings:
     hessian: HessianSettings = field(default_factory=HessianSettings)
     perturbation: PerturbationSettings = field(default_factory=PerturbationSettings)
     function: FunctionSettings = field(default_factory=FunctionSettings)
+    invariance: InvarianceSettings = field(default_factory=InvarianceSettings)
+    universal: UniversalSettings = field(default_factory=UniversalSettings)
     model_kwargs: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -493,10 +582,10 @@ class RunSettings:
         return {
             "dataset": self.data.dataset, "model": self.model, "regime": self.sgd.regime,
             "batch_size": self.sgd.batch_size, "momentum": self.sgd.momentum, "lr": self.sgd.lr,
-            "seed": self.train.seed, "epochs": self.train.epochs,
+            "seed": self.train.seed, "epochs": self.train.epochs, "rotation": self.data.rotation,
         }
 
 
 SECTIONS = (DataSettings, TrainSettings, AdversarialSettings, HessianSettings,
-            PerturbationSettings, FunctionSettings)
+            PerturbationSettings, FunctionSettings, InvarianceSettings, UniversalSettings)
 """The settings classes whose fields are config keys."""

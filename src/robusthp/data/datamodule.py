@@ -77,6 +77,7 @@ class ImageDataModule(pl.LightningDataModule):
             shuffle=train, augment=train and self.spec.augment, seed=self.settings.shuffle_seed,
             rank=rank, world_size=world, channels_last=self.settings.channels_last,
             epoch_source=self.current_epoch if train else None,
+            rotation=self.settings.rotation if train else 0.0,
         )
 
     def train_dataloader(self) -> StepChunks:

@@ -2,7 +2,7 @@
 
 The whole split lives on one device (the GPU when training there); each batch
 is one gather, one ``float()/255`` and, for CIFAR-10, one batched random crop +
-flip on that device.
+flip on that device; a rotation study adds one batched random rotation.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 
 import torch
 
+from robusthp.rotation import random_rotation
 from robusthp.settings import check_divides
 
 
@@ -40,7 +41,10 @@ class TensorBatches:
     yields its ``batch_size // world_size`` share of every global batch, so the
     batches studied are the same whatever the number of devices.
 
-    The order (and the crops and flips) of a pass is a pure function of ``(seed, epoch)``.
+    ``rotation`` > 0 rotates each image by a uniform random angle in [-rotation, rotation]
+    degrees (``robusthp.rotation.random_rotation``: nearest neighbour, black fill).
+
+    The order (and the crops, flips and rotations) of a pass is a pure function of ``(seed, epoch)``.
     The epoch is read when a pass starts: from ``epoch_source()`` if one is given (the
     DataModule gives ``trainer.current_epoch``, so a resumed run reshuffles exactly as an
     uninterrupted one), else the last :meth:`set_epoch` value (0 at first; Lightning sets
@@ -59,12 +63,13 @@ class TensorBatches:
         world_size: int = 1,
         channels_last: bool = False,
         epoch_source: Callable[[], int] | None = None,
+        rotation: float = 0.0,
     ):
         check_divides(batch_size, world_size)
         self.images, self.labels = images, labels
         self.batch_size, self.shuffle, self.augment, self.seed = batch_size, shuffle, augment, seed
         self.rank, self.world_size, self.channels_last = rank, world_size, channels_last
-        self.epoch, self.epoch_source = 0, epoch_source
+        self.epoch, self.epoch_source, self.rotation = 0, epoch_source, float(rotation)
         # A bare loader given to ``trainer.fit`` still reshuffles: Lightning calls
         # ``sampler.set_epoch`` on it (from its private ``_set_sampler_epoch``). The
         # DataModule's loaders read the public ``trainer.current_epoch`` instead.
@@ -94,6 +99,8 @@ class TensorBatches:
             if self.augment:
                 x = random_crop_flip(x, gen)
             x = x.float().div_(255)
+            if self.rotation:
+                x = random_rotation(x, self.rotation, gen)
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             yield x, y

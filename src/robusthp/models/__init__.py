@@ -1,4 +1,4 @@
-"""The paper's four models (Kamath et al., Table 1), pure torch.
+"""The paper's four models (Kamath et al., Table 1) and P4CNN / Z2CNN, pure torch.
 
 Every model maps float pixels in [0, 1], shape (N, C, S, S), to logits
 (N, num_classes); its first layer is ``Normalize``, so attacks work in pixel space.
@@ -10,6 +10,8 @@ Every model maps float pixels in [0, 1], shape (N, C, S, S), to logits
 from robusthp.models.c1 import C1
 from robusthp.models.m1 import M1
 from robusthp.models.normalize import Normalize
+from robusthp.models.p4cnn import P4CNN, Z2CNN
+from robusthp.models.p4conv import P4Conv, P4Lift
 from robusthp.models.registry import MODELS, build_model, register_model
 from robusthp.models.resnet import ResNet, resnet18
 from robusthp.models.stdcnn import StdCNN
@@ -19,8 +21,12 @@ __all__ = [
     "M1",
     "MODELS",
     "Normalize",
+    "P4CNN",
+    "P4Conv",
+    "P4Lift",
     "ResNet",
     "StdCNN",
+    "Z2CNN",
     "build_model",
     "register_model",
     "resnet18",

@@ -36,7 +36,16 @@ writes to ``OUT_DIR``:
   points, one point per optimizer, y = x dashed), ``<dataset>_<model>_bands.png`` (accuracy
   change per DCT band, low to high frequency), ``<dataset>_<model>_function.png`` (Lipschitz
   bounds, weight norm, input-gradient norm), and ``optimizers.csv`` (n, mean and std over
-  seeds per optimizer cell); none of these for a sweep without the study's metrics.
+  seeds per optimizer cell); none of these for a sweep without the study's metrics;
+- for each dataset in the invariance study (Kamath, Deshpande, Subrahmanyam: rotation
+  invariance vs robustness, SVD-Universal; runs that recorded ``rot_acc@<theta>`` or
+  ``universal_*`` keys, one line per training rotation Θ_train = ``cell.rotation``):
+  ``<dataset>_invariance.png`` (accuracy on test images rotated in [-θ, θ] vs θ, one panel
+  per model; fixed-angle accuracy in a second row), ``<dataset>_invariance_robustness.png``
+  (clean accuracy, invariance, PGD / FGSM accuracy and eps* vs Θ_train, one line per model),
+  ``<dataset>_universal.png`` (SVD-Universal flip and error rate vs L2 norm per model and
+  attack; at a middle norm, σ₁²/‖A‖_F² and |cos| with the invariant direction vs Θ_train)
+  and ``invariance.csv`` (n, mean and std per cell).
 
 Untrained runs and unconverged eigenvalues are hollow markers, out of every line and
 statistic, and counted in the figure's note. Names, labels, colours and the order of
@@ -54,6 +63,7 @@ regimes come from :mod:`robusthp.catalog`. One module per job:
   :mod:`~robusthp.report.layout` and :mod:`~robusthp.report.notes`): the batch-size figures;
   :mod:`~robusthp.report.curves`: the robustness curves;
   :mod:`~robusthp.report.optimizers`: the optimizer study's figures and table;
+  :mod:`~robusthp.report.invariance`: the invariance study's;
 - :mod:`~robusthp.report.write`: the files; :mod:`~robusthp.report.printing`: the terminal;
 - :mod:`~robusthp.report.cli`: the command line.
 """
@@ -71,6 +81,7 @@ from robusthp.report.figures import (
     plot_momentum_figure,
 )
 from robusthp.report.flags import DEFAULT_UNTRAINED_MARGIN, mark_untrained, untrained_threshold
+from robusthp.report.invariance import invariance_datasets, invariance_figures, invariance_table
 from robusthp.report.names import (
     DATASET_LABELS,
     MODEL_LABELS,
@@ -100,7 +111,8 @@ __all__ = [
     "AccKey", "LineStyle", "METRICS", "MIN_ACC_SPAN", "MODEL_LABELS", "PANELS", "Panel",
     "REGIME_COLOURS", "REGIME_LABELS", "REGIME_ORDER", "SPREADS", "UNREADABLE", "X_AXES",
     "acc_keys", "cell_title", "collect", "csv_columns", "curve_figure_names", "figure_names",
-    "main", "mark_untrained", "metric_columns", "noise_scale", "parse_acc_key",
+    "invariance_datasets", "invariance_figures", "invariance_table", "main", "mark_untrained",
+    "metric_columns", "noise_scale", "parse_acc_key",
     "plot_batch_size_figure", "plot_momentum_figure", "plot_robustness_curves",
     "print_summary", "read_table", "regime_label", "summarize", "trend_table",
     "untrained_threshold", "write_report",

@@ -15,6 +15,14 @@ The optimizer study (Ma, Pan, Farahmand 2023; issue 14) adds accuracy keys of th
 ``autoattack_l2_acc@<eps>`` (all in pixels), and ``perturbation_clean_acc``,
 ``band_drop@<i>`` and the function measures. The list-valued ``lipschitz_layers`` is never
 a column.
+
+The invariance study (Kamath, Deshpande, Subrahmanyam; :mod:`~robusthp.report.invariance`)
+adds ``rot_acc@<theta>`` and ``rot_fixed_acc@<angle>`` (accuracy keys, so an angle may be
+negative: ``rot_fixed_acc@-30``), the SVD-Universal keys (:class:`UniversalKey`:
+``universal_flip@<attack>@<s>``, ``universal_error@...``, their ``_unclamped`` twins,
+``universal_sv_ratio@<attack>``, ``universal_invariant_cos@<attack>``,
+``universal_invariant_sv_ratio``), after the function measures, and the per-run counts
+:data:`INVARIANCE_SETTINGS`.
 """
 
 from __future__ import annotations
@@ -38,9 +46,18 @@ FUNCTION_METRICS = ("lipschitz_upper", "lipschitz_ma2023", "weight_norm",
 STUDY_METRICS = (PERTURBATION_CLEAN, *FUNCTION_METRICS)  # numeric, summarized (band drops too)
 STUDY_SETTINGS = ("perturbation_num_samples", "perturbation_bands", "function_num_samples")
 """Per-run counts of the optimizer study: written to results.csv, not summarized."""
-_ACC_KEY = re.compile(r"^(?P<attack>[a-z][a-z0-9_]*)_acc@(?P<eps>\d+(?:\.\d*)?(?:e[-+]?\d+)?)"
+INVARIANCE_SETTINGS = ("invariance_num_samples", "universal_n", "universal_num_samples")
+"""Per-run counts of the invariance study: written to results.csv, not summarized."""
+UNIVERSAL_KINDS = ("sv_ratio", "flip", "error", "flip_unclamped", "error_unclamped",
+                   "invariant_cos")  # per attack, in column order
+UNIVERSAL_ATTACKS = ("gradient", "fgsm", "deepfool")  # then any other by name
+UNIVERSAL_INVARIANT_SV = "universal_invariant_sv_ratio"
+_ACC_KEY = re.compile(r"^(?P<attack>[a-z][a-z0-9_]*)_acc@(?P<eps>-?\d+(?:\.\d*)?(?:e[-+]?\d+)?)"
                       r"(?P<reading>norm)?$")
 _BAND_DROP = re.compile(r"^band_drop@(?P<band>\d+)$")
+_UNIVERSAL = re.compile(r"^universal_(?P<kind>flip|error|flip_unclamped|error_unclamped)"
+                        r"@(?P<attack>[a-z][a-z0-9_]*)@(?P<norm>\d+(?:\.\d*)?(?:e[-+]?\d+)?)$"
+                        r"|^universal_(?P<scalar>sv_ratio|invariant_cos)@(?P<of>[a-z][a-z0-9_]*)$")
 
 
 @dataclass(frozen=True)
@@ -83,6 +100,43 @@ def acc_keys(keys: Iterable[str]) -> list[AccKey]:
     return sorted(parsed.values(), key=AccKey.sort_key)
 
 
+@dataclass(frozen=True)
+class UniversalKey:
+    """An SVD-Universal column: ``universal_flip@gradient@4`` is (flip, gradient, L2 norm 4 in
+    [0,1] pixels); ``universal_sv_ratio@gradient`` has no norm."""
+
+    key: str
+    kind: str  # one of UNIVERSAL_KINDS
+    attack: str
+    norm: float | None
+
+    def sort_key(self) -> tuple:
+        rank = UNIVERSAL_ATTACKS.index(self.attack) if self.attack in UNIVERSAL_ATTACKS \
+            else len(UNIVERSAL_ATTACKS)
+        return rank, self.attack, UNIVERSAL_KINDS.index(self.kind), self.norm or 0.0
+
+
+def parse_universal_key(key: str) -> UniversalKey | None:
+    """The :class:`UniversalKey` of an SVD-Universal key (not ``universal_invariant_sv_ratio``,
+    ``universal_n``, ``universal_num_samples``), or None."""
+    match = _UNIVERSAL.match(key)
+    if match is None:
+        return None
+    if match["scalar"]:
+        return UniversalKey(key, match["scalar"], match["of"], None)
+    norm = float(match["norm"])
+    return UniversalKey(key, match["kind"], match["attack"], norm) if math.isfinite(norm) else None
+
+
+def universal_keys(keys: Iterable[str]) -> list[str]:
+    """The SVD-Universal keys among ``keys`` in column order (attack, kind, norm), then
+    ``universal_invariant_sv_ratio``."""
+    keys = list(keys)
+    parsed = sorted((k for k in map(parse_universal_key, keys) if k is not None),
+                    key=UniversalKey.sort_key)
+    return [k.key for k in parsed] + [k for k in (UNIVERSAL_INVARIANT_SV,) if k in keys]
+
+
 def band_drop_keys(keys: Iterable[str]) -> list[str]:
     """The ``band_drop@<i>`` keys among ``keys``, by band index (0 = lowest frequencies)."""
     bands = {k: int(m["band"]) for k in keys if (m := _BAND_DROP.match(k)) is not None}
@@ -93,22 +147,26 @@ def is_extra(key: str) -> bool:
     """A metrics key the table keeps besides the fixed ones (see :func:`extra_columns`)."""
     return (parse_acc_key(key) is not None or key in MIN_EPS_METRICS or key in MIN_EPS_SETTINGS
             or key in TEST_SPLIT_METRICS or key in HESSIAN_FLAGS or key in STUDY_METRICS
-            or key in STUDY_SETTINGS or _BAND_DROP.match(key) is not None)
+            or key in STUDY_SETTINGS or _BAND_DROP.match(key) is not None
+            or key in INVARIANCE_SETTINGS or key == UNIVERSAL_INVARIANT_SV
+            or parse_universal_key(key) is not None)
 
 
 def extra_columns(columns: Iterable[str]) -> list[str]:
     """The extra columns among ``columns``, in results.csv order."""
     columns = list(columns)
     before = [*MIN_EPS_METRICS, *MIN_EPS_SETTINGS, *TEST_SPLIT_METRICS, PERTURBATION_CLEAN]
-    after = [*FUNCTION_METRICS, *STUDY_SETTINGS, *FLAGS]
     return ([k.key for k in acc_keys(columns)] + [c for c in before if c in columns]
-            + band_drop_keys(columns) + [c for c in after if c in columns])
+            + band_drop_keys(columns) + [c for c in FUNCTION_METRICS if c in columns]
+            + universal_keys(columns)
+            + [c for c in (*STUDY_SETTINGS, *INVARIANCE_SETTINGS, *FLAGS) if c in columns])
 
 
 def extra_metrics(columns: Iterable[str]) -> list[str]:
     """The extra columns that are numeric metrics (summarized over seeds), in order."""
     return [c for c in extra_columns(columns)
-            if c not in MIN_EPS_SETTINGS and c not in STUDY_SETTINGS and c not in FLAGS]
+            if c not in MIN_EPS_SETTINGS and c not in STUDY_SETTINGS
+            and c not in INVARIANCE_SETTINGS and c not in FLAGS]
 
 
 def converged_flag(metric: str) -> str | None:

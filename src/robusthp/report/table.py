@@ -19,19 +19,19 @@ import pandas as pd
 from robusthp.report.columns import FLAGS, HESSIAN_FLAGS, MIN_EPS_SETTINGS, extra_columns, is_extra
 from robusthp.report.evaluations import merged_metrics, overridden
 from robusthp.report.flags import DEFAULT_UNTRAINED_MARGIN, mark_untrained
-from robusthp.results import CELL_KEYS, find_results, read_results
+from robusthp.results import CELL_DEFAULTS, CELL_KEYS, find_results, read_results
 
 METRICS = ("test_acc", "clean_acc", "fgsm_acc", "pgd_acc", "hessian_top_eig")
 COLUMNS = (*CELL_KEYS, *METRICS, "status", "wall_time_s", "run_dir")
 """The fixed columns of ``results.csv``, in order; :func:`csv_columns` adds the sweep's own."""
 
 UNREADABLE = "unreadable"  # status given to a results.json that cannot be parsed
-GROUP_KEYS = ("dataset", "model", "regime", "momentum", "batch_size", "lr", "epochs")
+GROUP_KEYS = ("dataset", "model", "regime", "momentum", "batch_size", "lr", "epochs", "rotation")
 """A cell of the sweep: every setting except the seed."""
 IN_MEMORY = ("error", "pgd_steps", "min_eps_curve", "untrained", "untrained_threshold")
 """Columns of :func:`collect` that results.csv does not hold (``untrained`` only when set)."""
 _INT_COLUMNS = ("batch_size", "seed", "epochs")
-_FLOAT_COLUMNS = ("momentum", "lr", *METRICS, "wall_time_s", "pgd_steps")
+_FLOAT_COLUMNS = ("momentum", "lr", "rotation", *METRICS, "wall_time_s", "pgd_steps")
 
 
 def collect(dirs: Iterable[str | os.PathLike], *,
@@ -63,7 +63,7 @@ def _row(path: Path) -> dict[str, Any]:
         return row | {"status": UNREADABLE, "error": f"cannot parse {path}"}
     cell = data.get("cell") or {}
     metrics, used = merged_metrics(path.parent, data.get("metrics") or {})
-    row |= {k: cell.get(k) for k in CELL_KEYS}
+    row |= {k: cell.get(k, CELL_DEFAULTS.get(k)) for k in CELL_KEYS}
     row |= {m: metrics.get(m) for m in METRICS}
     row |= {k: v for k, v in metrics.items() if is_extra(k)}
     row |= {"status": data.get("status"), "wall_time_s": data.get("wall_time_s"),

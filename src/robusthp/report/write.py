@@ -8,6 +8,10 @@ scale (``x="noise_scale"``) the batch-size figures are named ``..._noise_scale.p
 three figures (``_optimizers``, ``_bands``, ``_function``: the same whatever the x-axis
 of the batch-size figures) and ``optimizers.csv``, which is only written when some
 (dataset, model) is compared: a sweep without the study's metrics writes what it always did.
+Likewise each dataset in the invariance study (:mod:`~robusthp.report.invariance`: runs that
+recorded ``rot_acc@`` or SVD-Universal keys) adds ``<dataset>_invariance.png``,
+``<dataset>_invariance_robustness.png`` and ``<dataset>_universal.png`` (each when its data
+exist) and ``invariance.csv``.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from matplotlib.figure import Figure
 from robusthp.report.curves import has_curves, plot_robustness_curves
 from robusthp.report.figures import plot_batch_size_figure, plot_momentum_figure
 from robusthp.report.flags import DEFAULT_UNTRAINED_MARGIN, untrained
+from robusthp.report.invariance import invariance_datasets, invariance_figures, invariance_table
 from robusthp.report.names import regime_order, sweeps_momentum
 from robusthp.report.optimizers import optimizer_figure_names, optimizer_figures, optimizer_table
 from robusthp.report.stats import summarize, trend_table
@@ -61,7 +66,9 @@ def write_report(dirs: Iterable[str | os.PathLike], out_dir: str | os.PathLike, 
     (:func:`~robusthp.report.trend_table`); both leave untrained runs and unconverged
     eigenvalues out. ``optimizers.csv``
     (:func:`~robusthp.report.optimizers.optimizer_table`) when the optimizer study compares
-    some (dataset, model). ``momenta`` filters the lines of the per-(dataset, model) figures (not
+    some (dataset, model); ``invariance.csv``
+    (:func:`~robusthp.report.invariance.invariance_table`) when some dataset is in the
+    invariance study. ``momenta`` filters the lines of the per-(dataset, model) figures (not
     the Section 4 momentum figures); ``x`` is ``"batch_size"`` or ``"noise_scale"``;
     ``untrained_margin`` is used when ``df`` is not given. Returns ``{file name: path}`` of
     everything written. Raises ``FileNotFoundError`` for a missing dir and ``ValueError``
@@ -84,6 +91,9 @@ def write_report(dirs: Iterable[str | os.PathLike], out_dir: str | os.PathLike, 
     if optimizer_figure_names(df):
         written["optimizers.csv"] = out_dir / "optimizers.csv"
         optimizer_table(df).to_csv(written["optimizers.csv"], index=False)
+    if invariance_datasets(df):
+        written["invariance.csv"] = out_dir / "invariance.csv"
+        invariance_table(df).to_csv(written["invariance.csv"], index=False)
     for name, fig in _figures(df, momenta, spread, x):  # one at a time: saved, then freed
         fig.savefig(out_dir / name)
         written[name] = out_dir / name
@@ -110,3 +120,5 @@ def _figures(df: pd.DataFrame, momenta, spread: str, x: str) -> Iterator[tuple[s
         yield f"{dataset}_{model}_robustness_curves.png", plot_robustness_curves(df, dataset, model)
     for dataset, model in optimizer_figure_names(df):
         yield from optimizer_figures(df, dataset, model)
+    for dataset in invariance_datasets(df):
+        yield from invariance_figures(df, dataset)
