@@ -429,10 +429,18 @@ class UniversalSettings(Checked):
     # MNIST images have an L2 norm of about 9.4 in [0, 1] pixels (extensions.md)
     norms: tuple[float, ...] = setting((0.0, 1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 10.0),
                                        "eval.universal.norms", l2_norms)
-    num_samples: int = setting(1000, "eval.universal.num_samples", integer(2))  # n + held-out
+    # test points taken: the first n build the direction, the rest measure it (None: all)
+    num_samples: int | None = setting(1000, "eval.universal.num_samples", integer(2, optional=True))
     invariant: bool = setting(True, "eval.universal.invariant", boolean)
     delta_degrees: float = setting(2.0, "eval.universal.delta_degrees", positive_number)
     batch_size: int | None = setting(1000, "eval.universal.batch_size", integer(1, optional=True))
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.num_samples is not None and self.num_samples <= self.n:
+            raise ValueError(f"eval.universal.num_samples must exceed eval.universal.n (the first n "
+                             f"build the direction, the rest are held out); got "
+                             f"num_samples={self.num_samples}, n={self.n}")
 
 
 # ---------------------------------------------------------------------------- SGD

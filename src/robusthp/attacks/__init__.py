@@ -36,6 +36,12 @@ The code, by job (every name is imported from ``robusthp.attacks``, the public p
   ``robust_accuracy`` over all evaluated points (``acc_key``).
 - ``minimal``: ``minimal_eps`` / ``minimal_adversarial`` (the per-example minimal eps*),
   ``robustness_curve`` and ``min_eps_summary``.
+- ``deepfool``: ``deepfool`` / ``deepfool_perturbation``, L2 DeepFool (a minimal
+  perturbation, no budget: not in the registry).
+- ``universal``: SVD-Universal (``svd_universal``: the top right singular vector of n
+  points' attack directions, ``attack_directions``, ``top_singular_direction``), its
+  ``fooling_rates`` and the universal invariant direction of rotation tangents
+  (``invariant_direction``, a reconstruction).
 
 Example::
 
@@ -62,6 +68,7 @@ from robusthp.attacks.accuracy import (  # noqa: F401
     robust_accuracy,
 )
 from robusthp.attacks.auto_attack import autoattack
+from robusthp.attacks.deepfool import deepfool, deepfool_perturbation
 from robusthp.attacks.l2 import DEFAULT_L2_STEPS, pgd_l2  # noqa: F401
 from robusthp.attacks.linf import (  # noqa: F401
     ALPHA_EPS_BUDGET,
@@ -87,6 +94,16 @@ from robusthp.attacks.minimal import (  # noqa: F401
     robustness_curve,
 )
 from robusthp.attacks.noise import band_noise, dct_matrix, gaussian_noise, radial_bands
+from robusthp.attacks.universal import (
+    ATTACK_DIRECTIONS,
+    UniversalDirection,
+    abs_cosine,
+    attack_directions,
+    fooling_rates,
+    invariant_direction,
+    svd_universal,
+    top_singular_direction,
+)
 
 __all__ = [
     "ATTACKS",
@@ -112,4 +129,14 @@ __all__ = [
     "register_attack",
     "robust_accuracy",
     "robustness_curve",
+    "ATTACK_DIRECTIONS",
+    "UniversalDirection",
+    "abs_cosine",
+    "attack_directions",
+    "deepfool",
+    "deepfool_perturbation",
+    "fooling_rates",
+    "invariant_direction",
+    "svd_universal",
+    "top_singular_direction",
 ]

@@ -16,6 +16,9 @@ defaults are ``robusthp.settings``'. No Hydra.
 from robusthp.callbacks.adversarial import AdversarialRobustness
 from robusthp.callbacks.function_measures import FunctionMeasures
 from robusthp.callbacks.hessian import HessianEigenvalues
+from robusthp.callbacks.invariance import InvarianceProfile
 from robusthp.callbacks.perturbation import PerturbationRobustness
+from robusthp.callbacks.universal import UniversalPerturbation
 
-__all__ = ["AdversarialRobustness", "FunctionMeasures", "HessianEigenvalues", "PerturbationRobustness"]
+__all__ = ["AdversarialRobustness", "FunctionMeasures", "HessianEigenvalues", "InvarianceProfile",
+           "PerturbationRobustness", "UniversalPerturbation"]

@@ -68,7 +68,7 @@ def plot_batch_size_figure(
     if spread not in SPREADS:
         raise ValueError(f"spread must be one of {SPREADS}, got {spread!r}")
     get_x_axis(x)
-    runs = _select(df, dataset, model, regimes, momenta)
+    runs, rotated = _unrotated(_select(df, dataset, model, regimes, momenta))
     if runs.empty:
         raise ValueError(f"no runs for dataset={dataset!r}, model={model!r} with the given "
                          f"filters (regimes={regimes}, momenta={momenta})")
@@ -88,6 +88,9 @@ def plot_batch_size_figure(
     batch_sizes = sorted(int(b) for b in runs["batch_size"].dropna().unique())
     diverged = runs[runs["status"] == "diverged"]
     note = figure_note(runs, styles, batch_sizes, without_x=without_x)
+    if rotated:
+        note = "\n".join(filter(None, [f"{rotated} run{'s' if rotated != 1 else ''} trained with "
+                                        "rotations left out (the invariance figures)", note]))
 
     fig, axes = figure_grid(len(panels), note)
     hollow = 0
@@ -120,6 +123,15 @@ def _select(df, dataset, model, regimes, momenta) -> pd.DataFrame:
         keep = runs["momentum"].map(lambda m: any(math.isclose(m, k) for k in momenta))
         runs = runs[keep | runs["regime"].map(fixes_momentum).astype(bool)]
     return runs
+
+
+def _unrotated(runs: pd.DataFrame) -> tuple[pd.DataFrame, int]:
+    """The runs of the least training rotation (``rotation``, Θ_train; 0 for the paper) and
+    how many others were left out: a line per (regime, momentum) must not mix Θ_train."""
+    if "rotation" not in runs.columns or runs["rotation"].nunique() <= 1:
+        return runs, 0
+    keep = runs["rotation"] == runs["rotation"].min()
+    return runs[keep], int((~keep).sum())
 
 
 def _title(dataset: str, model: str, summary: pd.DataFrame, x: str) -> str:
