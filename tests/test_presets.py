@@ -33,7 +33,10 @@ def _one_step_settings(overrides, root):
 
 @pytest.mark.parametrize("overrides", [[f"experiment={e}"] for e in EXPERIMENTS]
                          + [[f"line={line}"] for line in LINES]
-                         + [[f"regime={r}"] for r in ("sgd_ma2023", "adam", "rmsprop")], ids=lambda o: o[0])
+                         + [[f"regime={r}"] for r in ("sgd_ma2023", "adam", "rmsprop")]
+                         + [["experiment=invariance_mnist_cpu", f"model={m}", "data.rotation=90",
+                             "trainer.channels_last=auto"] for m in ("p4cnn", "z2cnn")],
+                         ids=lambda o: " ".join(o[:2]))
 def test_preset_takes_one_sgd_step(overrides, synthetic_root, tmp_path):
     settings = _one_step_settings(overrides, synthetic_root)
     record = run_experiment(settings, tmp_path)

@@ -151,3 +151,23 @@ def test_batch_size_must_divide_across_devices(synthetic_root, tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip() == ("robusthp: error: batch_size 33 does not divide across trainer.devices=2; "
                                    "the global batch size must be a multiple of the number of devices")
+
+
+@pytest.mark.parametrize("model", ["p4cnn", "z2cnn"])
+def test_the_rotation_study_runs_end_to_end(synthetic_root, tmp_path, model):
+    # the CPU preset's evaluations, small, on the models without an nn.Linear head (P4CNN's
+    # filters are 5-D: channels_last applies to the 4-D ones only)
+    small_eval = ["experiment=invariance_mnist_cpu", f"model={model}", "data.rotation=90",
+                  "data.train_subset=64", "data.test_subset=100", "eval.adversarial.num_samples=20",
+                  "eval.adversarial.pgd_steps=2", "eval.adversarial.min_eps=false",
+                  "eval.invariance.thetas=[0,90]", "eval.invariance.angles=[90]",
+                  "eval.universal.n=8", "eval.universal.num_samples=40", "eval.universal.norms=[0,4]",
+                  "trainer.channels_last=true"]
+    run([*small_eval, "epochs=1", "data.val_size=50", "batch_size=32", "trainer.progress_bar=false"],
+        synthetic_root, tmp_path)
+    res = json.loads((tmp_path / "run" / "results.json").read_text())
+    m = res["metrics"]
+    assert res["status"] == "ok" and res["cell"]["rotation"] == 90.0 and res["channels_last"] is True
+    assert {"rot_acc@90", "rot_fixed_acc@90", "pgd_acc", "universal_flip@deepfool@4",
+            "universal_invariant_cos@gradient"} <= set(m)
+    assert m["rot_acc@0"] == pytest.approx(m["test_acc"], abs=1e-6) and m["universal_flip@gradient@0"] == 0

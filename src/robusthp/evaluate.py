@@ -357,7 +357,7 @@ def _measure(settings: RunSettings, run_dir: Path) -> tuple[dict, dict, dict]:
     model.load_state_dict(torch.load(run_dir / MODEL_FILE, map_location="cpu", weights_only=True))
     channels_last = experiment.resolve_channels_last(t.channels_last, trainer.strategy.root_device)
     if channels_last:  # as in training: the same layout, the same float rounding
-        model = model.to(memory_format=torch.channels_last)
+        model = experiment.to_channels_last(model)
     module = ClassifierModule(model, settings.sgd, check_every=t.check_every)
     data = ImageDataModule(replace(settings.data, channels_last=channels_last))
     trainer.test(module, datamodule=data, verbose=False)

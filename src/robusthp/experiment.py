@@ -274,6 +274,16 @@ def run_experiment(settings: RunSettings, out_dir: str | Path, config: dict | No
     return record
 
 
+def to_channels_last(model: torch.nn.Module) -> torch.nn.Module:
+    """``model`` with its 4-D parameters and buffers (conv filters) in channels_last; any
+    other rank keeps its layout (``Module.to(memory_format=...)`` refuses the 5-D filters of
+    a P4 conv)."""
+    for tensor in [*model.parameters(), *model.buffers()]:
+        if tensor.dim() == 4:
+            tensor.data = tensor.data.contiguous(memory_format=torch.channels_last)
+    return model
+
+
 def resolve_channels_last(choice: bool | None, device: torch.device) -> bool:
     """``None`` (config ``auto``): channels_last on CPU, where it makes these small convnets
     1.1-1.9x faster (benchmarks/model_step.py); NCHW elsewhere, where fp32 small convs gain
@@ -309,7 +319,7 @@ def _train(settings: RunSettings, out_dir: Path, record: dict, fingerprint: str 
     channels_last = resolve_channels_last(settings.train.channels_last, trainer.strategy.root_device)
     record["channels_last"] = channels_last
     if channels_last:
-        model = model.to(memory_format=torch.channels_last)
+        model = to_channels_last(model)
     module = ClassifierModule(model, settings.sgd, check_every=settings.train.check_every)
     datamodule = ImageDataModule(replace(settings.data, channels_last=channels_last))
     datamodule.prepare_data()  # a missing dataset fails here, before training starts

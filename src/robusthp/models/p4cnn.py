@@ -85,6 +85,7 @@ class P4CNN(nn.Module):
         super().__init__()
         _check_size("p4cnn", image_size)
         w = P4_WIDTH
+        self.num_classes = num_classes  # the logits come from a conv, not an nn.Linear
         self.normalize = Normalize(mean, std, image_size=image_size)
         self.convs = nn.ModuleList(
             [P4Lift(in_channels, w, KERNEL)] + [P4Conv(w, w, KERNEL) for _ in range(LAYERS - 1)]
@@ -121,6 +122,7 @@ class Z2CNN(nn.Module):
         super().__init__()
         _check_size("z2cnn", image_size)
         w = Z2_WIDTH
+        self.num_classes = num_classes  # the logits come from a conv, not an nn.Linear
         self.normalize = Normalize(mean, std, image_size=image_size)
         self.convs = nn.ModuleList(
             [nn.Conv2d(in_channels, w, KERNEL)] + [nn.Conv2d(w, w, KERNEL) for _ in range(LAYERS - 1)]
