@@ -457,3 +457,19 @@ def test_middle_norm_is_the_closest_to_four(df):
     assert invariance.middle_norm(runs, "gradient") == 4
     without = runs.drop(columns=[c for c in runs.columns if c.endswith("@gradient@4")])
     assert invariance.middle_norm(without, "gradient") == 3  # 3 and 6 ... 3 is closer
+
+
+def test_the_printed_summary_tells_the_training_rotations_apart(df, tmp_path):
+    import io
+
+    from robusthp.report.printing import print_summary
+
+    out = io.StringIO()
+    print_summary(df, file=out)
+    rows = [line for line in out.getvalue().splitlines() if line.startswith("mnist")]
+    header = next(line for line in out.getvalue().splitlines() if "rot" in line.split())
+    assert "rot" in header.split()
+    assert len(rows) == len(set(rows))  # one distinct row per (model, Θ_train) cell
+    plain = io.StringIO()
+    print_summary(report.collect([make_paper_sweep(tmp_path)]), file=plain)
+    assert "rot" not in plain.getvalue().split()

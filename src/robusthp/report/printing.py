@@ -28,12 +28,16 @@ def print_summary(df: pd.DataFrame, file: Any = None) -> None:
                "top eig": "hessian_top_eig"}
     if "median_min_eps" in df.columns and df["median_min_eps"].notna().any():
         metrics["median eps*"] = "median_min_eps"
-    for col in ("dataset", "model", "regime", "m", "bs", "lr", "n", *metrics, "div/fail"):
+    # Θ_train only when the sweep varies it or trains on rotations (else it is 0 everywhere)
+    rotated = "rotation" in df.columns and bool((df["rotation"].fillna(0) != 0).any())
+    cells = ("dataset", "model", "regime", "m", "bs", "lr", *(("rot",) if rotated else ()), "n")
+    for col in (*cells, *metrics, "div/fail"):
         table.add_column(col, justify="left" if col in ("dataset", "model", "regime") else "right")
     for _, r in summarize(df, list(metrics.values())).iterrows():
         table.add_row(
             str(r["dataset"]), str(r["model"]), str(r["regime"]), f"{r['momentum']:g}",
-            str(r["batch_size"]), f"{r['lr']:.3g}", str(r["n"]),
+            str(r["batch_size"]), f"{r['lr']:.3g}", *((f"{r['rotation']:g}",) if rotated else ()),
+            str(r["n"]),
             *(_fmt(r[f"{m}_mean"], r[f"{m}_std"], m) for m in metrics.values()),
             f"{r['n_diverged']}/{r['n_failed']}",
         )
