@@ -52,7 +52,7 @@ def test_benchmark_rejects_other_momentum_but_accepts_its_own():
     "kwargs,match",
     [
         ({"regime": "adagrad", "batch_size": 32},
-         "unknown regime 'adagrad'; choose one of: adam, benchmark, lr, lr_bs, rmsprop, sgd_ma2023"),
+         "unknown regime 'adagrad'; choose one of: adam, benchmark, engm, lr, lr_bs, rmsprop, sgd_ma2023"),
         ({"regime": "lr", "batch_size": 0}, "batch_size must be a positive integer"),
         ({"regime": "lr", "batch_size": 3.5}, "batch_size must be a positive integer"),
         ({"regime": "lr", "batch_size": 32, "momentum": 1.0}, r"momentum must be in \[0, 1\)"),

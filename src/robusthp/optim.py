@@ -1,9 +1,15 @@
 """The one optimizer factory: resolved optimizer settings -> torch optimizer and schedule.
 
-The regimes themselves (the paper's three SGD regimes, Kamath et al. Sec. 2.1, and Ma et
-al. 2023's SGD, Adam and RMSProp) are rows of
+The regimes themselves (the paper's three SGD regimes, Kamath et al. Sec. 2.1, Ma et
+al. 2023's SGD, Adam and RMSProp, and ENGM, Dabouei et al. 2022) are rows of
 ``robusthp.catalog.REGIMES``; ``robusthp.settings.resolve_sgd`` turns a regime's keys and
 the batch size into :class:`SGDSettings`. This module only builds torch objects from them.
+
+ENGM's optimizer is plain ``torch.optim.SGD`` (heavy-ball momentum, dampening 0, weight
+decay outside the normalization): its per-example normalization lives in the loss, which
+the training step must weight with ``robusthp.engm.ExampleWeights`` and
+``robusthp.engm.reweighted_loss`` (:func:`example_weights` builds the former from the
+settings), so that the gradient SGD sees is ENGM's (1/m) Σ g_i / max(‖g_i‖, γ).
 """
 
 from __future__ import annotations
@@ -13,10 +19,11 @@ from collections.abc import Callable, Iterable
 import torch
 
 from robusthp.catalog import REGIMES, RegimeSpec, get_regime, register_regime
+from robusthp.engm import ExampleWeights
 from robusthp.settings import SGDSettings, resolve_sgd
 
-__all__ = ["REGIMES", "RegimeSpec", "SGDSettings", "build_optimizer", "get_regime",
-           "register_regime", "resolve_sgd"]
+__all__ = ["REGIMES", "RegimeSpec", "SGDSettings", "build_optimizer", "example_weights",
+           "get_regime", "register_regime", "resolve_sgd"]
 
 
 def build_optimizer(
@@ -42,6 +49,19 @@ def _sgd(params: list, s: SGDSettings) -> torch.optim.Optimizer:
                            weight_decay=s.weight_decay, nesterov=s.nesterov)
 
 
+def _engm(params: list, s: SGDSettings) -> torch.optim.Optimizer:
+    """ENGM's update v <- μv + ĝ, θ <- θ - ηv: torch SGD on the reweighted loss's gradient."""
+    return torch.optim.SGD(params, lr=s.lr, momentum=s.momentum, dampening=0.0,
+                           weight_decay=s.weight_decay, nesterov=False)
+
+
+def example_weights(sgd: SGDSettings) -> ExampleWeights | None:
+    """The ENGM regime's per-example weighting (None for every other regime)."""
+    if sgd.optimizer != "engm":
+        return None
+    return ExampleWeights(sgd.engm_gamma, mode=sgd.engm_mode, refit_every=sgd.engm_refit_every)
+
+
 def _adam(params: list, s: SGDSettings) -> torch.optim.Optimizer:
     return torch.optim.Adam(params, lr=s.lr, betas=s.betas, eps=s.eps,
                             weight_decay=s.weight_decay, amsgrad=False)
@@ -54,5 +74,5 @@ def _rmsprop(params: list, s: SGDSettings) -> torch.optim.Optimizer:
 
 # one builder per robusthp.catalog.OPTIMIZERS entry
 _OPTIMIZERS: dict[str, Callable[[list, SGDSettings], torch.optim.Optimizer]] = {
-    "sgd": _sgd, "adam": _adam, "rmsprop": _rmsprop,
+    "sgd": _sgd, "adam": _adam, "rmsprop": _rmsprop, "engm": _engm,
 }
