@@ -16,7 +16,7 @@ from robusthp import report
 from robusthp.results import write_json_atomic
 
 EXPECTED_COLUMNS = [
-    "dataset", "model", "regime", "batch_size", "momentum", "lr", "seed", "epochs", "rotation",
+    "dataset", "model", "regime", "batch_size", "momentum", "lr", "seed", "epochs", "rotation", "adv_train",
     "test_acc", "clean_acc", "fgsm_acc", "pgd_acc", "hessian_top_eig",
     "status", "wall_time_s", "run_dir",
 ]

@@ -45,7 +45,16 @@ writes to ``OUT_DIR``:
   (clean accuracy, invariance, PGD / FGSM accuracy and eps* vs Θ_train, one line per model),
   ``<dataset>_universal.png`` (SVD-Universal flip and error rate vs L2 norm per model and
   attack; at a middle norm, σ₁²/‖A‖_F² and |cos| with the invariant direction vs Θ_train)
-  and ``invariance.csv`` (n, mean and std per cell).
+  and ``invariance.csv`` (n, mean and std per cell);
+- for each (dataset, model) in the adversarial-training study (natural vs PGD / FGSM
+  adversarial training, momentum SGD vs ENGM as the outer optimizer, Dabouei et al. 2022;
+  runs of two or more methods (``cell.adv_train``, regime, momentum), one adversarial):
+  ``<dataset>_<model>_adv_training.png`` (clean, PGD and FGSM accuracy per eps and reading,
+  eps*, top Hessian eigenvalue, gradient variance and norm vs batch size, one line per
+  method), ``<dataset>_<model>_adv_training_epochs.png`` (robust and clean validation
+  accuracy, gradient variance and norm per epoch, a panel per batch size) and
+  ``adv_training.csv`` (n, mean and std per cell); the paper figures of such a (dataset,
+  model) draw its natural runs only.
 
 Untrained runs and unconverged eigenvalues are hollow markers, out of every line and
 statistic, and counted in the figure's note. Names, labels, colours and the order of
@@ -64,10 +73,16 @@ regimes come from :mod:`robusthp.catalog`. One module per job:
   :mod:`~robusthp.report.curves`: the robustness curves;
   :mod:`~robusthp.report.optimizers`: the optimizer study's figures and table;
   :mod:`~robusthp.report.invariance`: the invariance study's;
+  :mod:`~robusthp.report.adv_training`: the adversarial-training study's;
 - :mod:`~robusthp.report.write`: the files; :mod:`~robusthp.report.printing`: the terminal;
 - :mod:`~robusthp.report.cli`: the command line.
 """
 
+from robusthp.report.adv_training import (
+    adv_training_figure_names,
+    adv_training_figures,
+    adv_training_table,
+)
 from robusthp.report.cli import main
 from robusthp.report.columns import AccKey, acc_keys, parse_acc_key
 from robusthp.report.curves import plot_robustness_curves
@@ -77,6 +92,7 @@ from robusthp.report.figures import (
     PANELS,
     SPREADS,
     Panel,
+    natural_runs,
     plot_batch_size_figure,
     plot_momentum_figure,
 )
@@ -110,9 +126,10 @@ __all__ = [
     "COLUMNS", "DATASET_LABELS", "DEFAULT_UNTRAINED_MARGIN", "EVALUATIONS_DIR", "GROUP_KEYS",
     "AccKey", "LineStyle", "METRICS", "MIN_ACC_SPAN", "MODEL_LABELS", "PANELS", "Panel",
     "REGIME_COLOURS", "REGIME_LABELS", "REGIME_ORDER", "SPREADS", "UNREADABLE", "X_AXES",
-    "acc_keys", "cell_title", "collect", "csv_columns", "curve_figure_names", "figure_names",
+    "acc_keys", "adv_training_figure_names", "adv_training_figures", "adv_training_table",
+    "cell_title", "collect", "csv_columns", "curve_figure_names", "figure_names",
     "invariance_datasets", "invariance_figures", "invariance_table", "main", "mark_untrained",
-    "metric_columns", "noise_scale", "parse_acc_key",
+    "metric_columns", "natural_runs", "noise_scale", "parse_acc_key",
     "plot_batch_size_figure", "plot_momentum_figure", "plot_robustness_curves",
     "print_summary", "read_table", "regime_label", "summarize", "trend_table",
     "untrained_threshold", "write_report",

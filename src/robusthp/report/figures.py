@@ -9,6 +9,9 @@ panel; failed, unreadable and missing runs are listed in a note under the figure
 (:mod:`robusthp.report.notes`). The x-axis is the batch size or the SGD noise scale
 (:mod:`robusthp.report.xaxis`); the panels follow the metrics recorded
 (:mod:`robusthp.report.panels`). Plain Figures on an Agg canvas (:mod:`robusthp.report.layout`).
+A (dataset, model) that mixes natural and adversarial training (``adv_train``) is drawn from
+its natural runs only (:func:`natural_runs`; the others are counted in the note and drawn by
+:mod:`robusthp.report.adv_training`), one with rotations from its least Θ_train.
 """
 
 from __future__ import annotations
@@ -32,8 +35,8 @@ from robusthp.report.stats import summarize
 from robusthp.report.style import LineStyle, line_styles
 from robusthp.report.xaxis import NoNoiseScale, decorate_x, get_x_axis, with_x
 
-__all__ = ["MIN_ACC_SPAN", "PANELS", "SPREADS", "Panel", "plot_batch_size_figure",
-           "plot_momentum_figure"]
+__all__ = ["MIN_ACC_SPAN", "PANELS", "SPREADS", "Panel", "natural_runs",
+           "plot_batch_size_figure", "plot_momentum_figure"]
 
 SPREADS = ("minmax", "std")
 MIN_ACC_SPAN = 0.05  # smallest y-range of an accuracy panel
@@ -68,7 +71,8 @@ def plot_batch_size_figure(
     if spread not in SPREADS:
         raise ValueError(f"spread must be one of {SPREADS}, got {spread!r}")
     get_x_axis(x)
-    runs, rotated = _unrotated(_select(df, dataset, model, regimes, momenta))
+    runs, adversarial = natural_runs(df[(df["dataset"] == dataset) & (df["model"] == model)])
+    runs, rotated = _unrotated(_select(runs, dataset, model, regimes, momenta))
     if runs.empty:
         raise ValueError(f"no runs for dataset={dataset!r}, model={model!r} with the given "
                          f"filters (regimes={regimes}, momenta={momenta})")
@@ -91,6 +95,10 @@ def plot_batch_size_figure(
     if rotated:
         note = "\n".join(filter(None, [f"{rotated} run{'s' if rotated != 1 else ''} trained with "
                                         "rotations left out (the invariance figures)", note]))
+    if adversarial:
+        note = "\n".join(filter(None, [f"{adversarial} adversarially trained "
+                                        f"run{'s' if adversarial != 1 else ''} left out (the "
+                                        "adversarial-training figures)", note]))
 
     fig, axes = figure_grid(len(panels), note)
     hollow = 0
@@ -131,6 +139,19 @@ def _unrotated(runs: pd.DataFrame) -> tuple[pd.DataFrame, int]:
     if "rotation" not in runs.columns or runs["rotation"].nunique() <= 1:
         return runs, 0
     keep = runs["rotation"] == runs["rotation"].min()
+    return runs[keep], int((~keep).sum())
+
+
+def natural_runs(runs: pd.DataFrame) -> tuple[pd.DataFrame, int]:
+    """The runs of one (dataset, model) the paper figures draw and how many were left out:
+    when they mix ``adv_train`` values (natural and adversarial training), only the natural
+    ones (``"none"``; missing counts as none); a line must not mix them."""
+    if "adv_train" not in runs.columns:
+        return runs, 0
+    adv = runs["adv_train"].astype(object).where(runs["adv_train"].notna(), "none")
+    if adv.nunique() <= 1:
+        return runs, 0
+    keep = adv == "none"
     return runs[keep], int((~keep).sum())
 
 

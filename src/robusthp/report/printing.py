@@ -30,14 +30,18 @@ def print_summary(df: pd.DataFrame, file: Any = None) -> None:
         metrics["median eps*"] = "median_min_eps"
     # Θ_train only when the sweep varies it or trains on rotations (else it is 0 everywhere)
     rotated = "rotation" in df.columns and bool((df["rotation"].fillna(0) != 0).any())
-    cells = ("dataset", "model", "regime", "m", "bs", "lr", *(("rot",) if rotated else ()), "n")
+    # the adversarial training method only when some run trained adversarially
+    adversarial = "adv_train" in df.columns and bool(
+        (df["adv_train"].fillna("none") != "none").any())
+    cells = ("dataset", "model", "regime", "m", "bs", "lr", *(("rot",) if rotated else ()),
+             *(("AT",) if adversarial else ()), "n")
     for col in (*cells, *metrics, "div/fail"):
         table.add_column(col, justify="left" if col in ("dataset", "model", "regime") else "right")
     for _, r in summarize(df, list(metrics.values())).iterrows():
         table.add_row(
             str(r["dataset"]), str(r["model"]), str(r["regime"]), f"{r['momentum']:g}",
             str(r["batch_size"]), f"{r['lr']:.3g}", *((f"{r['rotation']:g}",) if rotated else ()),
-            str(r["n"]),
+            *((_adv_text(r["adv_train"]),) if adversarial else ()), str(r["n"]),
             *(_fmt(r[f"{m}_mean"], r[f"{m}_std"], m) for m in metrics.values()),
             f"{r['n_diverged']}/{r['n_failed']}",
         )
@@ -53,6 +57,10 @@ def print_summary(df: pd.DataFrame, file: Any = None) -> None:
         error = "no error recorded" if pd.isna(r["error"]) else r["error"]
         console.print(f"  {r['status']}: {r['run_dir']}: {error}",
                       markup=False, highlight=False)
+
+
+def _adv_text(adv_train) -> str:
+    return "none" if pd.isna(adv_train) else str(adv_train)
 
 
 def _fmt(mean: float, std: float, metric: str) -> str:

@@ -26,7 +26,8 @@ COLUMNS = (*CELL_KEYS, *METRICS, "status", "wall_time_s", "run_dir")
 """The fixed columns of ``results.csv``, in order; :func:`csv_columns` adds the sweep's own."""
 
 UNREADABLE = "unreadable"  # status given to a results.json that cannot be parsed
-GROUP_KEYS = ("dataset", "model", "regime", "momentum", "batch_size", "lr", "epochs", "rotation")
+GROUP_KEYS = ("dataset", "model", "regime", "momentum", "batch_size", "lr", "epochs", "rotation",
+              "adv_train")
 """A cell of the sweep: every setting except the seed."""
 IN_MEMORY = ("error", "pgd_steps", "min_eps_curve", "untrained", "untrained_threshold")
 """Columns of :func:`collect` that results.csv does not hold (``untrained`` only when set)."""

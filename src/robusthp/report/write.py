@@ -11,7 +11,11 @@ of the batch-size figures) and ``optimizers.csv``, which is only written when so
 Likewise each dataset in the invariance study (:mod:`~robusthp.report.invariance`: runs that
 recorded ``rot_acc@`` or SVD-Universal keys) adds ``<dataset>_invariance.png``,
 ``<dataset>_invariance_robustness.png`` and ``<dataset>_universal.png`` (each when its data
-exist) and ``invariance.csv``.
+exist) and ``invariance.csv``. Each (dataset, model) in the adversarial-training study
+(:mod:`~robusthp.report.adv_training`: two or more methods, one adversarial) adds
+``<dataset>_<model>_adv_training.png``, ``<dataset>_<model>_adv_training_epochs.png`` (each
+when its data exist) and ``adv_training.csv``; its batch-size and momentum figures draw the
+natural runs only (:func:`~robusthp.report.figures.natural_runs`).
 """
 
 from __future__ import annotations
@@ -24,8 +28,13 @@ from pathlib import Path
 import pandas as pd
 from matplotlib.figure import Figure
 
+from robusthp.report.adv_training import (
+    adv_training_figure_names,
+    adv_training_figures,
+    adv_training_table,
+)
 from robusthp.report.curves import has_curves, plot_robustness_curves
-from robusthp.report.figures import plot_batch_size_figure, plot_momentum_figure
+from robusthp.report.figures import natural_runs, plot_batch_size_figure, plot_momentum_figure
 from robusthp.report.flags import DEFAULT_UNTRAINED_MARGIN, untrained
 from robusthp.report.invariance import invariance_datasets, invariance_figures, invariance_table
 from robusthp.report.names import regime_order, sweeps_momentum
@@ -38,10 +47,14 @@ log = logging.getLogger(__name__)
 
 
 def figure_names(df: pd.DataFrame) -> list[tuple[str, str, str | None]]:
-    """(dataset, model, regime or None) of every batch-size figure :func:`write_report` draws."""
+    """(dataset, model, regime or None) of every batch-size figure :func:`write_report` draws
+    (of the natural runs where a (dataset, model) mixes them with adversarial training)."""
     out = []
     placed = df.dropna(subset=["dataset", "model", "regime", "momentum", "batch_size"])
     for (dataset, model), runs in placed.groupby(["dataset", "model"], sort=True):
+        runs, _ = natural_runs(runs)
+        if runs.empty:  # adversarial training of several kinds and no natural run
+            continue
         out.append((dataset, model, None))
         out += [(dataset, model, r) for r in regime_order(runs["regime"]) if sweeps_momentum(r)]
     return out
@@ -68,8 +81,10 @@ def write_report(dirs: Iterable[str | os.PathLike], out_dir: str | os.PathLike, 
     (:func:`~robusthp.report.optimizers.optimizer_table`) when the optimizer study compares
     some (dataset, model); ``invariance.csv``
     (:func:`~robusthp.report.invariance.invariance_table`) when some dataset is in the
-    invariance study. ``momenta`` filters the lines of the per-(dataset, model) figures (not
-    the Section 4 momentum figures); ``x`` is ``"batch_size"`` or ``"noise_scale"``;
+    invariance study; ``adv_training.csv``
+    (:func:`~robusthp.report.adv_training.adv_training_table`) when some (dataset, model) is
+    in the adversarial-training study. ``momenta`` filters the lines of the per-(dataset,
+    model) figures (not the Section 4 momentum figures); ``x`` is ``"batch_size"`` or ``"noise_scale"``;
     ``untrained_margin`` is used when ``df`` is not given. Returns ``{file name: path}`` of
     everything written. Raises ``FileNotFoundError`` for a missing dir and ``ValueError``
     when no results are found or a figure has no run with a noise scale.
@@ -94,6 +109,9 @@ def write_report(dirs: Iterable[str | os.PathLike], out_dir: str | os.PathLike, 
     if invariance_datasets(df):
         written["invariance.csv"] = out_dir / "invariance.csv"
         invariance_table(df).to_csv(written["invariance.csv"], index=False)
+    if adv_training_figure_names(df):
+        written["adv_training.csv"] = out_dir / "adv_training.csv"
+        adv_training_table(df).to_csv(written["adv_training.csv"], index=False)
     for name, fig in _figures(df, momenta, spread, x):  # one at a time: saved, then freed
         fig.savefig(out_dir / name)
         written[name] = out_dir / name
@@ -122,3 +140,5 @@ def _figures(df: pd.DataFrame, momenta, spread: str, x: str) -> Iterator[tuple[s
         yield from optimizer_figures(df, dataset, model)
     for dataset in invariance_datasets(df):
         yield from invariance_figures(df, dataset)
+    for dataset, model in adv_training_figure_names(df):
+        yield from adv_training_figures(df, dataset, model, spread=spread)
