@@ -30,6 +30,7 @@ def test_one_epoch_run_writes_complete_results(synthetic_root, tmp_path):
     assert res["cell"] == {
         "dataset": "mnist", "model": "stdcnn", "regime": "lr_bs", "batch_size": 32,
         "momentum": 0.5, "lr": pytest.approx(0.005), "seed": 3, "epochs": 1, "rotation": 0.0,
+        "adv_train": "none",
     }
     for key in ("test_acc", "val_acc", "train_loss"):
         assert isinstance(res["metrics"][key], float)
@@ -68,7 +69,7 @@ def test_divergence_is_recorded_and_the_sweep_goes_on(synthetic_root, tmp_path):
     [
         ("dataset=imagenet", "unknown dataset 'imagenet'; choose one of: cifar10, fashion_mnist, mnist"),
         ("model=vgg", "unknown model 'vgg'; choose one of: c1, m1, p4cnn, resnet18, stdcnn, z2cnn"),
-        ("regime=adagrad", "unknown regime 'adagrad'; choose one of: adam, benchmark, lr, lr_bs, rmsprop, "
+        ("regime=adagrad", "unknown regime 'adagrad'; choose one of: adam, benchmark, engm, lr, lr_bs, rmsprop, "
                            "sgd_ma2023"),
         ("regime=adam momentum=0.9", "regime 'adam' has no SGD momentum (its regime.beta1, regime.beta2 "
                                      "are not momentum); got momentum=0.9: drop the override"),

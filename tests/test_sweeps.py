@@ -168,7 +168,7 @@ def test_group_check_passes_hydra_sweep_functions(args):
 
 @pytest.mark.parametrize("arg,message", [
     ("line=glob(nothing*)", "line=glob(nothing*) matches no line; choose among: benchmark"),
-    ("regime=choice(lr,adagrad)", "unknown regime 'adagrad'; choose one of: adam, benchmark, lr, lr_bs, "
+    ("regime=choice(lr,adagrad)", "unknown regime 'adagrad'; choose one of: adam, benchmark, engm, lr, lr_bs, "
                                      "rmsprop, sgd_ma2023"),
 ])
 def test_group_check_names_the_bad_choice_inside_a_sweep(arg, message, capsys):

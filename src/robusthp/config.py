@@ -15,11 +15,14 @@ from omegaconf import DictConfig, OmegaConf
 from robusthp.catalog import MODELS
 from robusthp.settings import (
     AdversarialSettings,
+    AdvTrainSettings,
     DataSettings,
     FunctionSettings,
+    GradStatsSettings,
     HessianSettings,
     InvarianceSettings,
     PerturbationSettings,
+    RobustValSettings,
     RunSettings,
     TrainSettings,
     UniversalSettings,
@@ -69,13 +72,45 @@ def _settings(cfg: DictConfig) -> RunSettings:
                       momentum=cfg.get("momentum"), dataset=data.dataset, epochs=train.epochs,
                       **regime)
     kwargs = cfg.model.get("kwargs")
+    adversarial = _optional(cfg, AdversarialSettings)
+    adv_train = _adv_train(cfg, adversarial)
     return RunSettings(
         data=data, model=model, sgd=sgd, train=train,
-        adversarial=_optional(cfg, AdversarialSettings), hessian=_optional(cfg, HessianSettings),
+        adversarial=adversarial, hessian=_optional(cfg, HessianSettings),
         perturbation=_optional(cfg, PerturbationSettings), function=_optional(cfg, FunctionSettings),
         invariance=_optional(cfg, InvarianceSettings), universal=_optional(cfg, UniversalSettings),
+        adv_train=adv_train, grad_stats=_optional(cfg, GradStatsSettings),
+        robust_val=_robust_val(cfg, adv_train, adversarial),
         model_kwargs={} if kwargs is None else dict(OmegaConf.to_container(kwargs, resolve=True)),
     )
+
+
+def _primary_budget(cfg: DictConfig, adversarial: AdversarialSettings) -> tuple[float, str]:
+    """The evaluation's primary (eps, reading): what adversarial training defaults to."""
+    if not adversarial.enabled:  # its keys were not read: take them from the config
+        adversarial = _read(cfg, AdversarialSettings)
+    return adversarial.eps[0], adversarial.eps_space[0]
+
+
+def _adv_train(cfg: DictConfig, adversarial: AdversarialSettings) -> AdvTrainSettings:
+    """``adv_train.*`` with its ``None`` keys resolved (natural training: not read)."""
+    method = OmegaConf.select(cfg, "adv_train.method", default="none")
+    if method == "none":
+        return AdvTrainSettings()
+    return _read(cfg, AdvTrainSettings).resolved(*_primary_budget(cfg, adversarial))
+
+
+def _robust_val(cfg: DictConfig, adv_train: AdvTrainSettings,
+                adversarial: AdversarialSettings) -> RobustValSettings:
+    """``eval.robust_val.*``; a ``None`` eps / reading is the training attack's (or, for
+    natural training, the evaluation's primary one)."""
+    section = _optional(cfg, RobustValSettings)
+    if not section.enabled:
+        return section
+    eps, space = (adv_train.eps, adv_train.eps_space) if adv_train.enabled else \
+        _primary_budget(cfg, adversarial)
+    return RobustValSettings(**{**section.__dict__, "eps": section.eps if section.eps is not None else eps,
+                                "eps_space": section.eps_space or space})
 
 
 def _check_model(name: str) -> None:

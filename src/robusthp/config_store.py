@@ -7,7 +7,8 @@ the resolvers that name sweep and run directories.
   ``robusthp.catalog``: a regime's node holds its own keys (``regime.lr`` for ``lr``) with
   the catalog's defaults, nothing else. ``${robusthp_ma2023:<dataset>,<budget>}`` reads a
   budget of Ma et al. 2023 from ``robusthp.catalog.MA2023_BUDGETS`` (its presets use it). ``logger=<name>`` is one per
-  ``robusthp.settings.LOGGERS`` entry, with its options.
+  ``robusthp.settings.LOGGERS`` entry, with its options; ``adv_train=<method>`` one per
+  ``robusthp.settings.ADV_TRAIN_METHODS``, holding every ``adv_train.*`` key.
 
 Importing ``robusthp.conf`` (Hydra does, to find config.yaml) registers all of it. Imports
 neither torch nor Lightning: a sweep's launcher process composes without them.
@@ -24,9 +25,9 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
 from robusthp.catalog import DATASETS, MODELS, REGIMES, perturbation_budgets
-from robusthp.settings import LOGGERS, SECTIONS
+from robusthp.settings import ADV_TRAIN_METHODS, LOGGERS, SECTIONS, AdvTrainSettings
 
-GROUPS = ("dataset", "model", "regime", "logger")  # filled from tables, not from YAML files
+GROUPS = ("dataset", "model", "regime", "logger", "adv_train")  # filled from tables, not YAML files
 ROOT_DEFAULTS = {"momentum": None, "resume": True}  # None: the regime's own momentum
 # Keys that do not change a run's results: left out of sweep and run directory names and
 # of a run's fingerprint, so re-running a sweep with them changed (or from another machine,
@@ -92,6 +93,9 @@ def register() -> None:
         cs.store(group="regime", name=spec.name, node=_open({"name": spec.name, **spec.keys}))
     for name, logger in LOGGERS.items():  # several at once: logger=[csv,tensorboard]
         cs.store(group="logger", name=name, node={name: _open(dict(logger.options))})
+    keys = {f.metadata["key"].split(".", 1)[1]: _config_default(f) for f in fields(AdvTrainSettings)}
+    for method in ADV_TRAIN_METHODS:  # every adv_train.* key, the method's name set
+        cs.store(group="adv_train", name=method, node={**keys, "method": method})
 
 
 def group_options(group: str) -> list[str]:

@@ -117,7 +117,54 @@ def _study_callbacks(settings: RunSettings, on: str) -> list[pl.Callback]:
             power_iters=fn.power_iters, tol=fn.tol, num_samples=fn.num_samples,
             batch_size=fn.batch_size, **common,
         ))
-    return callbacks + _invariance_callbacks(settings, common)
+    return callbacks + _invariance_callbacks(settings, common) + _training_callbacks(settings, common["on"])
+
+
+def adv_train_pixel_eps(settings: RunSettings) -> tuple[float, ...] | None:
+    """Adversarial training's budget in [0, 1] pixels, one value per channel (``normalized``:
+    eps x the dataset's std, as the evaluation reads it); None for natural training."""
+    return _adv_train_pixels(settings, settings.adv_train.eps)
+
+
+def adv_train_pixel_alpha(settings: RunSettings) -> tuple[float, ...] | None:
+    """Adversarial training's step in pixels per channel (read as eps is); None: natural."""
+    return _adv_train_pixels(settings, settings.adv_train.alpha)
+
+
+def _adv_train_pixels(settings: RunSettings, value: float | None) -> tuple[float, ...] | None:
+    at = settings.adv_train
+    if not at.enabled:
+        return None
+    if at.eps_space == "pixel":
+        return (value,)
+    return tuple(value * s for s in get_spec(settings.data.dataset).std)
+
+
+def _training_callbacks(settings: RunSettings, on: str) -> list[pl.Callback]:
+    """What is measured during training (per epoch): gradient statistics and robust
+    validation accuracy. Only in a training run (``on="fit_end"``), not a re-evaluation."""
+    callbacks: list[pl.Callback] = []
+    gs, rv, progress = settings.grad_stats, settings.robust_val, settings.train.progress_bar
+    if on != "fit_end":
+        return callbacks
+    if gs.enabled:
+        from robusthp.callbacks import GradientStatistics
+
+        callbacks.append(GradientStatistics(
+            num_samples=gs.num_samples, batch_size=gs.batch_size or settings.data.batch_size,
+            every_n_epochs=gs.every_n_epochs, chunk_size=gs.chunk_size, seed=settings.train.seed,
+            progress=progress,
+        ))
+    if rv.enabled:
+        from robusthp.callbacks import RobustValidation
+
+        callbacks.append(RobustValidation(
+            eps=rv.eps, eps_space=rv.eps_space, steps=rv.steps, alpha=rv.alpha,
+            random_start=rv.random_start, num_samples=rv.num_samples,
+            batch_size=settings.data.eval_batch_size, every_n_epochs=rv.every_n_epochs,
+            seed=settings.train.seed, progress=progress,
+        ))
+    return callbacks
 
 
 def _invariance_callbacks(settings: RunSettings, common: dict[str, Any]) -> list[pl.Callback]:
@@ -229,6 +276,9 @@ def run_env(trainer: pl.Trainer | None) -> dict[str, Any]:
 
 
 def _finite_or_none(value: Any) -> Any:
+    """A metric JSON can hold: non-finite floats (also inside per-epoch lists) become null."""
+    if isinstance(value, list):
+        return [_finite_or_none(v) for v in value]
     return value if not isinstance(value, float) or math.isfinite(value) else None
 
 
@@ -246,6 +296,7 @@ def run_experiment(settings: RunSettings, out_dir: str | Path, config: dict | No
         "schema": SCHEMA_VERSION, "status": "failed", "error": None, "cell": settings.cell(),
         "metrics": {}, "timings_s": {}, "steps": 0, "wall_time_s": None,
         "sgd": asdict(settings.sgd), "config": config or {}, "fingerprint": fingerprint,
+        "adv_train": asdict(settings.adv_train),  # resolved: eps, steps, alpha as trained
     }
     trainer = None
     try:
@@ -320,7 +371,9 @@ def _train(settings: RunSettings, out_dir: Path, record: dict, fingerprint: str 
     record["channels_last"] = channels_last
     if channels_last:
         model = to_channels_last(model)
-    module = ClassifierModule(model, settings.sgd, check_every=settings.train.check_every)
+    module = ClassifierModule(model, settings.sgd, check_every=settings.train.check_every,
+                              adv_train=settings.adv_train, adv_eps=adv_train_pixel_eps(settings),
+                              adv_alpha=adv_train_pixel_alpha(settings), seed=settings.train.seed)
     datamodule = ImageDataModule(replace(settings.data, channels_last=channels_last))
     datamodule.prepare_data()  # a missing dataset fails here, before training starts
     ckpt_path = _resume_path(settings, out_dir, fingerprint)

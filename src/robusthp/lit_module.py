@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 
 import pytorch_lightning as pl
 import torch
@@ -10,8 +11,9 @@ import torch.nn.functional as F
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
-from robusthp.optim import build_optimizer
-from robusthp.settings import SGDSettings
+from robusthp.attacks import fgsm, pgd
+from robusthp.optim import build_optimizer, example_weights
+from robusthp.settings import AdvTrainSettings, SGDSettings
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -31,12 +33,34 @@ class ClassifierModule(pl.LightningModule):
     device-side sums, so the per-step path has no host sync. Every ``check_every`` SGD
     steps the loss sum is read: a non-finite loss marks the run ``diverged`` and stops it.
     Logs ``train/loss``, ``train/acc`` (epoch means), ``val/acc``, ``test/acc``.
+
+    Adversarial training (``adv_train``, resolved :class:`AdvTrainSettings`; ``adv_eps`` and
+    ``adv_alpha`` its budget and PGD step in pixels, one value per channel or one for all) replaces each step's inputs by
+    :meth:`train_inputs`, crafted by ``robusthp.attacks`` (the evaluation's code) against
+    the current weights; ``train/loss`` and ``train/acc`` are then on those examples. The
+    ENGM regime (``sgd.optimizer == "engm"``) weights each example's loss by
+    ``1 / max(‖g_i‖, γ)`` (``robusthp.engm``) before the SGD step.
     """
 
-    def __init__(self, model: nn.Module, sgd: SGDSettings, check_every: int = 50):
+    def __init__(self, model: nn.Module, sgd: SGDSettings, check_every: int = 50,
+                 adv_train: AdvTrainSettings | None = None,
+                 adv_eps: float | Sequence[float] | None = None,
+                 adv_alpha: float | Sequence[float] | None = None, seed: int = 0):
         super().__init__()
         self.automatic_optimization = False
         self.model, self.sgd, self.check_every = model, sgd, check_every
+        self.adv_train = adv_train if adv_train is not None and adv_train.enabled else None
+        if self.adv_train is not None and (adv_eps is None or self.adv_train.steps is None):
+            raise ValueError("adversarial training needs resolved settings "
+                             "(AdvTrainSettings.resolved) and adv_eps, its budget in pixels")
+        self._adv_eps, self._adv_alpha = _per_channel(adv_eps), _per_channel(adv_alpha)
+        if self.adv_train is not None and self.adv_train.eps_space != "pixel" and adv_alpha is None:
+            raise ValueError("adv_train.eps_space is normalized: pass adv_alpha, the PGD step in "
+                             "pixels (robusthp.experiment.adv_train_pixel_alpha)")
+        self.seed = seed
+        self._adv_generator: torch.Generator | None = None  # random starts; made on the device
+        self._adv_state: torch.Tensor | None = None  # a resumed run's generator state
+        self._engm = example_weights(sgd)  # ENGM regime: per-example weights, else None
         self.diverged = False
         self._steps = 0  # SGD steps this epoch
         self._loss_sum = torch.zeros(())  # this epoch's summed loss, on the device
@@ -65,17 +89,64 @@ class ClassifierModule(pl.LightningModule):
             self._sgd_step(optimizer, x, y)
 
     def _sgd_step(self, optimizer, x: torch.Tensor, y: torch.Tensor) -> None:
+        if self.adversarial_epoch():
+            x = self._craft(x, y, self._training_generator(x.device))
+        weights = None if self._engm is None else self._engm(self.model, x, y)
         logits = self.model(x)
-        loss = F.cross_entropy(logits, y)
+        if weights is None:
+            loss = mean_loss = F.cross_entropy(logits, y)
+        else:
+            losses = F.cross_entropy(logits, y, reduction="none")
+            loss, mean_loss = (weights * losses).mean(), losses.mean()
         optimizer.zero_grad(set_to_none=True)
         self.manual_backward(loss)
         optimizer.step()
-        self._loss_sum.add_(loss.detach(), alpha=len(y))
+        self._loss_sum.add_(mean_loss.detach(), alpha=len(y))
         self._correct.add_((logits.argmax(1) == y).sum())
         self._count += len(y)
         self._steps += 1
         if self._steps % self.check_every == 0:
             self._check_finite()
+
+    # ------------------------------------------------------------------ adversarial training
+
+    def adversarial_epoch(self) -> bool:
+        """Whether this epoch trains on adversarial examples (all of them, or the last
+        ``adv_train.last_epochs``)."""
+        at = self.adv_train
+        if at is None:
+            return False
+        if at.last_epochs is None or self._trainer is None:
+            return True
+        return self.current_epoch >= self.trainer.max_epochs - at.last_epochs
+
+    def train_inputs(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The inputs a training step of this epoch takes for ``(x, y)``: ``x`` itself, or
+        its adversarial examples. The hook ``robusthp.callbacks.GradientStatistics`` calls;
+        random starts come from a fresh generator seeded with the run's seed, so calling it
+        never changes the training's own stream."""
+        if not self.adversarial_epoch():
+            return x
+        return self._craft(x, y, torch.Generator(device=x.device).manual_seed(self.seed))
+
+    def _training_generator(self, device: torch.device) -> torch.Generator:
+        if self._adv_generator is None or self._adv_generator.device != device:
+            self._adv_generator = torch.Generator(device=device).manual_seed(self.seed)
+            if self._adv_state is not None:  # resumed: go on where the checkpoint stopped
+                self._adv_generator.set_state(self._adv_state)
+                self._adv_state = None
+        return self._adv_generator
+
+    def _craft(self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        at = self.adv_train
+        eps = _box(self._adv_eps, x.device)
+        alpha = _box(self._adv_alpha, x.device) if self._adv_alpha else at.alpha
+        keep_mode = at.bn_mode == "train"
+        with _running_stats_kept(self.model, keep_mode):
+            if at.method == "fgsm":
+                return fgsm(self.model, x, y, eps=eps, keep_mode=keep_mode)
+            return pgd(self.model, x, y, eps=eps, alpha=alpha, steps=at.steps,
+                       random_start=at.random_start, generator=generator, keep_mode=keep_mode)
 
     def _check_finite(self) -> None:
         if not bool(torch.isfinite(self._loss_sum)):
@@ -119,6 +190,10 @@ class ClassifierModule(pl.LightningModule):
         checkpoint["rng_states"] = {"cpu": torch.get_rng_state()}
         if torch.cuda.is_available() and torch.cuda.is_initialized():
             checkpoint["rng_states"]["cuda"] = torch.cuda.get_rng_state_all()
+        if self._adv_generator is not None:  # the random starts of adversarial training
+            checkpoint["rng_states"]["adv_train"] = self._adv_generator.get_state()
+        if self._engm is not None:
+            checkpoint["engm"] = self._engm.state_dict()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         states = checkpoint.get("rng_states", {})
@@ -126,6 +201,11 @@ class ClassifierModule(pl.LightningModule):
             torch.set_rng_state(states["cpu"])
         if "cuda" in states and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(states["cuda"])
+        if "adv_train" in states:
+            self._adv_generator = None
+            self._adv_state = states["adv_train"]
+        if self._engm is not None and "engm" in checkpoint:
+            self._engm.load_state_dict(checkpoint["engm"])
 
     # ------------------------------------------------------------------ evaluation
 
@@ -154,6 +234,39 @@ class ClassifierModule(pl.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         self._eval_epoch_end("test")
+
+
+def _per_channel(value: float | Sequence[float] | None) -> tuple[float, ...]:
+    """A pixel budget as a tuple: one value per channel, or one for all; () for None."""
+    if value is None:
+        return ()
+    return (float(value),) if isinstance(value, int | float) else tuple(float(v) for v in value)
+
+
+def _box(values: tuple[float, ...], device: torch.device) -> float | torch.Tensor:
+    """What the attacks take: a float when all channels agree (torchattacks' arithmetic),
+    else a ``(C, 1, 1)`` per-channel box."""
+    if len(set(values)) == 1:
+        return values[0]
+    return torch.tensor(values, device=device).view(-1, 1, 1)
+
+
+@contextlib.contextmanager
+def _running_stats_kept(model: nn.Module, keep: bool) -> Iterator[None]:
+    """With ``keep``: BatchNorm's running statistics (and batch counts) restored on exit,
+    so crafting in train mode updates none of them."""
+    if not keep:
+        yield
+        return
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._NormBase)]
+    saved = [{k: v.clone() for k, v in m.named_buffers(recurse=False) if v is not None} for m in norms]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for module, buffers in zip(norms, saved):
+                for name, value in buffers.items():
+                    getattr(module, name).copy_(value)
 
 
 def _pairs(batch: Batch | Sequence[Batch]) -> Sequence[Batch]:

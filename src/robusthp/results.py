@@ -10,7 +10,7 @@ Layout of one file::
       "status": "ok" | "diverged" | "failed",
       "error": null | "one line",
       "cell": {"dataset", "model", "regime", "batch_size", "momentum", "lr", "seed", "epochs",
-               "rotation"},
+               "rotation", "adv_train" (none | pgd | fgsm)},
       "metrics": {"test_acc", "val_acc", "train_loss", "clean_acc", "fgsm_acc", "pgd_acc",
                   "hessian_top_eig", ...  (absent when not computed; several eps add
                   "fgsm_acc@<eps>" / "pgd_acc@<eps>")},
@@ -37,8 +37,10 @@ SCHEMA_VERSION = 1
 RESULTS_FILE = "results.json"
 STATUSES = ("ok", "diverged", "failed")
 COMPLETE_STATUSES = ("ok", "diverged")  # a sweep re-run skips these; "failed" is redone
-CELL_KEYS = ("dataset", "model", "regime", "batch_size", "momentum", "lr", "seed", "epochs", "rotation")
-CELL_DEFAULTS = {"rotation": 0.0}  # a cell key a run recorded before it existed: its only value then
+CELL_KEYS = ("dataset", "model", "regime", "batch_size", "momentum", "lr", "seed", "epochs", "rotation",
+             "adv_train")
+# a cell key a run recorded before it existed: its only value then (no rotation, natural training)
+CELL_DEFAULTS = {"rotation": 0.0, "adv_train": "none"}
 
 
 def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
@@ -109,15 +111,23 @@ NEUTRAL_VALUES = {"data.rotation": 0.0}
 """Keys added after runs were recorded, with the value that does what those runs did (no
 rotation): a config at that value is the same run as one recorded without the key."""
 
+NEUTRAL_SECTIONS = {"adv_train": ("method", "none")}
+"""Sections added after runs were recorded, with the (key, value) that switches them off
+(natural training): a config whose section is off is the same run as one recorded
+without the section, whatever its other keys say."""
+
 
 def _kept(config: dict, exclude: tuple[str, ...]) -> dict[str, Any]:
     """The flattened config without the ``exclude`` keys and the sections they name,
     without every switched-off evaluation (``eval.<section>`` with ``enabled: false``: it
-    computes nothing, so a run recorded before such a section existed is the same run) and
+    computes nothing, so a run recorded before such a section existed is the same run) or
+    section off by its ``NEUTRAL_SECTIONS`` value, and
     without the keys at their ``NEUTRAL_VALUES``."""
     flat = flatten(config)
     off = tuple(k[: -len("enabled")] for k, v in flat.items()
                 if k.startswith("eval.") and k.endswith(".enabled") and v is False)
+    off += tuple(f"{section}." for section, (key, value) in NEUTRAL_SECTIONS.items()
+                 if flat.get(f"{section}.{key}") == value)
     return {k: v for k, v in flat.items()
             if not any(k == e or k.startswith(e + ".") for e in exclude) and not k.startswith(off)
             and not (k in NEUTRAL_VALUES and v == NEUTRAL_VALUES[k])}

@@ -42,7 +42,7 @@ __all__ = ["check_group_choices", "finished_run", "job_dir", "main", "sweep_name
 # that trains: a parallel sweep's launcher process never pays for them, nor does a skipped run.
 
 log = logging.getLogger(__name__)
-GROUPS = ("dataset", "model", "regime", "eval", "line", "experiment", "logger")
+GROUPS = ("dataset", "model", "regime", "eval", "line", "experiment", "logger", "adv_train", "at_line")
 register_resolvers()
 
 

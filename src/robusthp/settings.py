@@ -443,6 +443,123 @@ class UniversalSettings(Checked):
                              f"num_samples={self.num_samples}, n={self.n}")
 
 
+# ---------------------------------------------------------------------------- training options
+
+
+ADV_TRAIN_METHODS = ("none", "pgd", "fgsm")  # adv_train=<method>: natural, Madry et al.'s PGD, FGSM
+BN_MODES = ("eval", "train")
+
+
+def _optional_bool(value: Any, key: str) -> bool | None:
+    return None if value is None else boolean(value, key)
+
+
+def optional_eps(value: Any, key: str) -> float | None:
+    """None (the evaluation's primary eps) or one finite number >= 0."""
+    if isinstance(value, list | tuple):
+        raise ValueError(f"{key} must be one number >= 0 (one budget), got {value!r}")
+    return None if value is None else eps_values(value, key)[0]
+
+
+def _optional_space(value: Any, key: str) -> str | None:
+    return None if value is None else one_of(*EPS_SPACES)(value, key)
+
+
+@dataclass(frozen=True)
+class AdvTrainSettings(Checked):
+    """Adversarial training (``adv_train=pgd|fgsm``): each SGD step trains on examples that
+    ``robusthp.attacks`` crafts against the current model (the evaluation's own code), in
+    [0, 1] pixels. ``None`` keys take the method's or the evaluation's value:
+
+    - ``eps``/``eps_space``: the evaluation's primary budget and reading (the first of
+      ``eval.adversarial.eps`` / ``eval.adversarial.eps_space``);
+    - ``steps``: 40 for PGD (Madry et al.'s MNIST setting), 1 for FGSM;
+    - ``alpha``: PGD's 2.5 eps / steps (``eval.adversarial``'s rule), eps for FGSM; read
+      in ``eps_space`` like eps (normalized: x std per channel in pixels);
+    - ``random_start``: true for PGD (Madry et al.), false for FGSM.
+
+    FGSM is one step of eps from the clean point: it refuses steps other than 1, an alpha
+    and a random start (which it would ignore).
+
+    ``last_epochs=K`` trains naturally first and adversarially only in the last K epochs
+    (Yao et al. 2018's FGSM fine-tuning); None: every epoch. ``bn_mode`` is the model's
+    mode while crafting: ``eval`` (default) attacks the model with BatchNorm's running
+    statistics, the function that is evaluated, and updates nothing; ``train`` uses batch
+    statistics (as the attacked batch will see in its training step) and restores the
+    running statistics afterwards, so only the training step updates them."""
+
+    method: str = setting("none", "adv_train.method", one_of(*ADV_TRAIN_METHODS))
+    eps: float | None = setting(None, "adv_train.eps", optional_eps)
+    eps_space: str | None = setting(None, "adv_train.eps_space", _optional_space)
+    steps: int | None = setting(None, "adv_train.steps", integer(1, optional=True))
+    alpha: float | None = setting(None, "adv_train.alpha", optional_positive_number)
+    random_start: bool | None = setting(None, "adv_train.random_start", _optional_bool)
+    last_epochs: int | None = setting(None, "adv_train.last_epochs", integer(1, optional=True))
+    bn_mode: str = setting("eval", "adv_train.bn_mode", one_of(*BN_MODES))
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.method == "fgsm" and self.steps not in (None, 1):
+            raise ValueError(f"adv_train.steps must be 1 (or null) for adv_train=fgsm, got {self.steps!r}; "
+                             f"use adv_train=pgd for several steps")
+        if self.method == "fgsm" and self.random_start:
+            raise ValueError("adv_train.random_start must be false (or null) for adv_train=fgsm, "
+                             "got True; use adv_train=pgd adv_train.steps=1 for a random start")
+
+    @property
+    def enabled(self) -> bool:
+        return self.method != "none"
+
+    def resolved(self, eval_eps: float, eval_space: str) -> AdvTrainSettings:
+        """Every ``None`` key replaced by its method's or the evaluation's value."""
+        pgd = self.method == "pgd"
+        if not pgd and self.alpha is not None:
+            raise ValueError(f"adv_train.alpha is PGD's step; adv_train=fgsm steps by eps, got "
+                             f"alpha={self.alpha!r}: drop it, or use adv_train=pgd adv_train.steps=1")
+        steps = self.steps if self.steps is not None else (ADV_TRAIN_PGD_STEPS if pgd else 1)
+        eps = self.eps if self.eps is not None else eval_eps
+        return AdvTrainSettings(
+            method=self.method, eps=eps, eps_space=self.eps_space or eval_space, steps=steps,
+            alpha=self.alpha if self.alpha is not None else (
+                ALPHA_EPS_RATIO * eps / steps if pgd else eps) or None,
+            random_start=pgd if self.random_start is None else self.random_start,
+            last_epochs=self.last_epochs, bn_mode=self.bn_mode,
+        )
+
+
+ADV_TRAIN_PGD_STEPS = 40  # Madry et al. 2018's MNIST training attack
+ALPHA_EPS_RATIO = 2.5  # PGD's default step: 2.5 eps / steps (Madry et al.; as robusthp.attacks)
+
+
+@dataclass(frozen=True)
+class GradStatsSettings(Checked):
+    """Per-epoch gradient statistics of the training loss (``GradientStatistics``): the
+    mini-batch gradient norm and the per-example and mini-batch gradient variance, on a fixed
+    subset of the training split, on the inputs the run trains on (adversarial ones under
+    ``adv_train``)."""
+
+    enabled: bool = setting(False, "eval.grad_stats.enabled", boolean)
+    num_samples: int = setting(512, "eval.grad_stats.num_samples", integer(2))
+    batch_size: int | None = setting(None, "eval.grad_stats.batch_size", integer(1, optional=True))  # None: the run's
+    every_n_epochs: int = setting(1, "eval.grad_stats.every_n_epochs", integer(1))
+    chunk_size: int = setting(64, "eval.grad_stats.chunk_size", integer(1))  # examples per vmap call
+
+
+@dataclass(frozen=True)
+class RobustValSettings(Checked):
+    """Per-epoch PGD accuracy on a fixed subset of the validation split (``RobustValidation``),
+    so robust overfitting shows in the logs (``val/robust_acc``) and the report."""
+
+    enabled: bool = setting(False, "eval.robust_val.enabled", boolean)
+    eps: float | None = setting(None, "eval.robust_val.eps", optional_eps)  # None: adv_train's
+    eps_space: str | None = setting(None, "eval.robust_val.eps_space", _optional_space)  # None: adv_train's
+    steps: int = setting(10, "eval.robust_val.steps", integer(1))
+    alpha: float | None = setting(None, "eval.robust_val.alpha", optional_positive_number)  # None: 2.5 eps / steps
+    random_start: bool = setting(False, "eval.robust_val.random_start", boolean)
+    num_samples: int = setting(500, "eval.robust_val.num_samples", integer(1))
+    every_n_epochs: int = setting(1, "eval.robust_val.every_n_epochs", integer(1))
+
+
 # ---------------------------------------------------------------------------- SGD
 
 
@@ -463,12 +580,17 @@ class SGDSettings:
     weight_decay: float = 0.0
     nesterov: bool = False
     dampening: float = 0.0
-    optimizer: str = "sgd"  # sgd | adam | rmsprop (robusthp.catalog.OPTIMIZERS)
+    optimizer: str = "sgd"  # sgd | adam | rmsprop | engm (robusthp.catalog.OPTIMIZERS)
     betas: tuple[float, float] | None = None  # Adam's
     alpha: float | None = None  # RMSProp's smoothing constant
     eps: float | None = None  # Adam's / RMSProp's denominator term
     lr_drop_epochs: tuple[int, ...] = ()  # lr x lr_drop_factor after each of these epochs
     lr_drop_factor: float = 0.1
+    # ENGM's (robusthp.engm; None for other regimes): gradients normalized per example by
+    # max(norm, engm_gamma), norms exact or cheap (input-gradient fit, refit every N steps)
+    engm_gamma: float | None = None
+    engm_mode: str | None = None
+    engm_refit_every: int | None = None
 
 
 def _unit_interval(value: Any, key: str) -> float:
@@ -488,17 +610,19 @@ def _non_negative(value: Any, key: str) -> float:
 _REGIME_KEY_CHECKS: dict[str, Check] = {
     "beta1": _unit_interval, "beta2": _unit_interval, "alpha": _unit_interval,
     "weight_decay": _non_negative,
+    "gamma": _non_negative, "mode": one_of("exact", "cheap"), "refit_every": integer(1),  # ENGM's
 }
 
 
 def resolve_sgd(regime: str, batch_size: int, momentum: float | None = None,
                 dataset: str | None = None, epochs: int | None = None,
-                **keys: float) -> SGDSettings:
+                **keys: float | str) -> SGDSettings:
     """The regime's keys and the batch size -> optimizer settings (the one place units change).
 
     ``momentum=None`` means the regime's own (0 unless the regime fixes it); an adaptive
     regime (Adam, RMSProp) refuses any momentum. ``keys`` are the regime's own (``lr`` for
-    lr/benchmark, ``lr_bs_ratio`` for lr_bs, ``beta1`` ... for adam); any other key is
+    lr/benchmark, ``lr_bs_ratio`` for lr_bs, ``beta1`` ... for adam, ``gamma``, ``mode`` and
+    ``refit_every`` for engm); any other key is
     refused and a missing one takes its default from ``robusthp.catalog.REGIMES``.
     ``dataset`` picks the default lr of a regime that has one per dataset; ``epochs``
     places a regime's lr drops (fractions of training).
@@ -523,6 +647,8 @@ def resolve_sgd(regime: str, batch_size: int, momentum: float | None = None,
         betas=(values["beta1"], values["beta2"]) if "beta1" in values else None,
         alpha=values.get("alpha"), eps=values.get("eps"),
         lr_drop_epochs=_drop_epochs(spec, epochs), lr_drop_factor=spec.lr_drop_factor,
+        engm_gamma=values.get("gamma"), engm_mode=values.get("mode"),
+        engm_refit_every=values.get("refit_every"),
     )
 
 
@@ -580,6 +706,9 @@ class RunSettings:
     function: FunctionSettings = field(default_factory=FunctionSettings)
     invariance: InvarianceSettings = field(default_factory=InvarianceSettings)
     universal: UniversalSettings = field(default_factory=UniversalSettings)
+    adv_train: AdvTrainSettings = field(default_factory=AdvTrainSettings)
+    grad_stats: GradStatsSettings = field(default_factory=GradStatsSettings)
+    robust_val: RobustValSettings = field(default_factory=RobustValSettings)
     model_kwargs: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -591,9 +720,11 @@ class RunSettings:
             "dataset": self.data.dataset, "model": self.model, "regime": self.sgd.regime,
             "batch_size": self.sgd.batch_size, "momentum": self.sgd.momentum, "lr": self.sgd.lr,
             "seed": self.train.seed, "epochs": self.train.epochs, "rotation": self.data.rotation,
+            "adv_train": self.adv_train.method,
         }
 
 
 SECTIONS = (DataSettings, TrainSettings, AdversarialSettings, HessianSettings,
-            PerturbationSettings, FunctionSettings, InvarianceSettings, UniversalSettings)
+            PerturbationSettings, FunctionSettings, InvarianceSettings, UniversalSettings,
+            AdvTrainSettings, GradStatsSettings, RobustValSettings)
 """The settings classes whose fields are config keys."""

@@ -31,6 +31,8 @@ case measured; with ``random_start`` too, given the same seed).
 
 from __future__ import annotations
 
+import contextlib
+
 import math
 import warnings
 from typing import Any
@@ -62,7 +64,7 @@ def default_alpha(eps: Box, steps: int) -> Box:
 # ---------------------------------------------------------------- attacks
 
 
-def fgsm(model: nn.Module, x: Tensor, y: Tensor, eps: Box) -> Tensor:
+def fgsm(model: nn.Module, x: Tensor, y: Tensor, eps: Box, keep_mode: bool = False) -> Tensor:
     r"""FGSM in the paper 'Explaining and Harnessing Adversarial Examples'
     (Goodfellow, Shlens, Szegedy, ICLR 2015) [https://arxiv.org/abs/1412.6572].
 
@@ -76,6 +78,8 @@ def fgsm(model: nn.Module, x: Tensor, y: Tensor, eps: Box) -> Tensor:
         eps (float | Tensor): maximum perturbation (>= 0), in pixel units. Paper: 0.3
             (MNIST, Fashion-MNIST), 0.02 (CIFAR-10). A tensor broadcastable to ``x``
             is an elementwise box: ``(C, 1, 1)`` per channel, ``(N, 1, 1, 1)`` per sample.
+        keep_mode (bool): attack the model in the train/eval mode it is in (adversarial
+            training with ``bn_mode=train``) instead of eval mode. Default False.
 
     Shape:
         - x: ``(N, C, H, W)``, range ``[0, 1]``.  - y: ``(N,)``.
@@ -84,7 +88,8 @@ def fgsm(model: nn.Module, x: Tensor, y: Tensor, eps: Box) -> Tensor:
     Example::
         >>> x_adv = fgsm(model, images, labels, eps=0.3)
     """
-    adv, _ = _linf_pgd(model, x, y, eps=eps, alpha=eps, steps=1, random_start=False, name="fgsm")
+    adv, _ = _linf_pgd(model, x, y, eps=eps, alpha=eps, steps=1, random_start=False, name="fgsm",
+                       keep_mode=keep_mode)
     return adv
 
 
@@ -98,6 +103,7 @@ def pgd(
     random_start: bool = False,
     generator: torch.Generator | None = None,
     stop_when_fooled: bool = False,
+    keep_mode: bool = False,
 ) -> Tensor:
     r"""PGD in the paper 'Towards Deep Learning Models Resistant to Adversarial Attacks'
     (Madry, Makelov, Schmidt, Tsipras, Vladu, ICLR 2018) [https://arxiv.org/abs/1706.06083].
@@ -126,6 +132,8 @@ def pgd(
             cost less. Never weaker than the last iterate; costs one more forward pass
             (the last iterate's check). Default False: the last iterate, as
             torchattacks and the paper.
+        keep_mode (bool): attack the model in the train/eval mode it is in (adversarial
+            training with ``bn_mode=train``) instead of eval mode. Default False.
 
     Shape:
         - x: ``(N, C, H, W)``, range ``[0, 1]``.  - y: ``(N,)``.
@@ -142,7 +150,7 @@ def pgd(
         check_attack_args(eps=eps, alpha=alpha)
     adv, _ = _linf_pgd(
         model, x, y, eps=eps, alpha=alpha, steps=steps, random_start=random_start,
-        generator=generator, name="pgd", stop_when_fooled=stop_when_fooled,
+        generator=generator, name="pgd", stop_when_fooled=stop_when_fooled, keep_mode=keep_mode,
     )
     return adv
 
@@ -161,6 +169,7 @@ def _linf_pgd(
     stop_when_fooled: bool = False,
     start: Tensor | None = None,
     warn: bool = True,
+    keep_mode: bool = False,
 ) -> tuple[Tensor, Tensor | None]:
     """The one attack loop (torchattacks' PGD arithmetic, done in place).
 
@@ -171,7 +180,8 @@ def _linf_pgd(
     """
     check_attack_args(eps=eps, alpha=alpha if _any_positive(eps) else None, steps=steps)
     _check_xy(x, y)
-    with eval_mode(model), gradients_on(), fp32():
+    mode = contextlib.nullcontext() if keep_mode else eval_mode(model)
+    with mode, gradients_on(), fp32():
         x = x.detach().clone()  # a normal tensor even if x is an inference tensor
         if not _any_positive(eps) and not stop_when_fooled:
             return x, None
