@@ -35,8 +35,8 @@ class ClassifierModule(pl.LightningModule):
     Logs ``train/loss``, ``train/acc`` (epoch means), ``val/acc``, ``test/acc``.
 
     Adversarial training (``adv_train``, resolved :class:`AdvTrainSettings`; ``adv_eps`` and
-    ``adv_alpha`` its budget and PGD step in pixels, one value per channel or one for all) replaces each step's inputs by
-    :meth:`train_inputs`, crafted by ``robusthp.attacks`` (the evaluation's code) against
+    ``adv_alpha`` its budget and PGD step in pixels, one value per channel or one for all)
+    replaces each step's inputs by :meth:`train_inputs`, crafted by ``robusthp.attacks`` (the evaluation's code) against
     the current weights; ``train/loss`` and ``train/acc`` are then on those examples. The
     ENGM regime (``sgd.optimizer == "engm"``) weights each example's loss by
     ``1 / max(‖g_i‖, γ)`` (``robusthp.engm``) before the SGD step.
@@ -264,7 +264,7 @@ def _running_stats_kept(model: nn.Module, keep: bool) -> Iterator[None]:
         yield
     finally:
         with torch.no_grad():
-            for module, buffers in zip(norms, saved):
+            for module, buffers in zip(norms, saved, strict=True):
                 for name, value in buffers.items():
                     getattr(module, name).copy_(value)
 

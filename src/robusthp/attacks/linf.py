@@ -32,7 +32,6 @@ case measured; with ``random_start`` too, given the same seed).
 from __future__ import annotations
 
 import contextlib
-
 import math
 import warnings
 from typing import Any
