@@ -195,8 +195,8 @@ def test_defaults():
     "kwargs, match",
     [
         ({"attacks": ("pgd",)},
-         "unknown attack 'pgd' in attacks=\\('pgd',\\); valid: gradient, fgsm, deepfool"),
-        ({"attacks": ("fgsm", "fgsm")}, "attacks lists an attack twice"),
+         "attacks: unknown 'pgd' in \\('pgd',\\); choose from gradient, fgsm, deepfool"),
+        ({"attacks": ("fgsm", "fgsm")}, "attacks: a repeated name"),
         ({"attacks": ()}, "attacks must name at least one entry"),
         ({"n": 0}, "n must be >= 1, got 0"),
         ({"num_samples": 8}, "num_samples must exceed n .* num_samples=8, n=8"),

@@ -385,7 +385,7 @@ def l2_norms(value: Any, key: str) -> tuple[float, ...]:
     return tuple(float(v) for v in values)
 
 
-def _choices(allowed: tuple[str, ...]) -> Check:
+def choices(allowed: tuple[str, ...]) -> Check:
     """A check: one name of ``allowed`` or a non-empty list of them, without repeats."""
 
     def check(value: Any, key: str) -> tuple[str, ...]:
@@ -424,7 +424,7 @@ class UniversalSettings(Checked):
 
     enabled: bool = setting(False, "eval.universal.enabled", boolean)
     attacks: tuple[str, ...] = setting(UNIVERSAL_ATTACKS, "eval.universal.attacks",
-                                       _choices(UNIVERSAL_ATTACKS))
+                                       choices(UNIVERSAL_ATTACKS))
     n: int = setting(64, "eval.universal.n", integer(1))  # points that build the direction
     # MNIST images have an L2 norm of about 9.4 in [0, 1] pixels (extensions.md)
     norms: tuple[float, ...] = setting((0.0, 1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 10.0),

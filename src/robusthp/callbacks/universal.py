@@ -72,9 +72,9 @@ from robusthp.callbacks.adversarial import _device_of
 from robusthp.settings import (
     UniversalSettings,
     boolean,
+    choices,
     eps_values,
     integer,
-    names,
     positive_number,
 )
 from robusthp.side_effects import gradients_on
@@ -235,15 +235,9 @@ class UniversalPerturbation(_UniversalPerturbationLogic, *shared.callback_bases(
 
 
 def _attacks(value: str | Sequence[str]) -> tuple[str, ...]:
-    """``attacks=`` as a tuple of distinct ``ATTACK_DIRECTIONS`` names."""
-    attacks = shared.check_value(_OWNER, names, value, "attacks")
-    valid = ", ".join(ATTACK_DIRECTIONS)
-    bad = [a for a in attacks if a not in ATTACK_DIRECTIONS]
-    if bad:
-        raise ValueError(f"{_OWNER}: unknown attack {bad[0]!r} in attacks={value!r}; valid: {valid}")
-    if len(set(attacks)) != len(attacks):
-        raise ValueError(f"{_OWNER}: attacks lists an attack twice: {list(attacks)}")
-    return attacks
+    """``attacks=`` as a tuple of distinct ``ATTACK_DIRECTIONS`` names (the check of
+    ``eval.universal.attacks``)."""
+    return shared.check_value(_OWNER, choices(ATTACK_DIRECTIONS), value, "attacks")
 
 
 def _norms(value: float | Sequence[float]) -> tuple[float, ...]:
