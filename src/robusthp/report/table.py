@@ -92,12 +92,15 @@ def csv_columns(df: pd.DataFrame) -> list[str]:
 
 
 def _typed(df: pd.DataFrame, untrained_margin: float) -> pd.DataFrame:
-    for col in _INT_COLUMNS:
-        df[col] = pd.to_numeric(df[col], errors="coerce").astype("Int64")
+    # every conversion built first and replaced at once: a sweep's hundreds of metric
+    # columns set one by one fragment the frame (pandas' PerformanceWarning)
+    converted = {col: pd.to_numeric(df[col], errors="coerce").astype("Int64") for col in _INT_COLUMNS}
     numeric = [*_FLOAT_COLUMNS, *(c for c in extra_columns(df.columns)
                                   if c not in FLAGS and c not in MIN_EPS_SETTINGS), "min_eps_max"]
-    for col in (c for c in numeric if c in df.columns):
-        df[col] = pd.to_numeric(df[col], errors="coerce").astype(float)
+    converted |= {col: pd.to_numeric(df[col], errors="coerce").astype(float)
+                  for col in numeric if col in df.columns}
+    df = df.copy()
+    df[list(converted)] = pd.DataFrame(converted, index=df.index)
     for col in HESSIAN_FLAGS:  # hessian_converged is always a column (missing: unknown)
         if col in df.columns or col == "hessian_converged":
             df[col] = _boolean(df[col] if col in df.columns else pd.Series(pd.NA, index=df.index))
