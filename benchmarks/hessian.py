@@ -3,27 +3,49 @@
 For M1 and StdCNN, trained briefly on the first 1000 MNIST training images (so the Hessian is
 that of a trained net), on those same 1000 images:
 
-1. reference: Lanczos converged tightly (tol 1e-10, max_iter 200);
-2. each backend at its defaults (tol 1e-3, max_iter 100): value, error, HVPs, time;
-3. equal accuracy (``--target``, relative): from one traced run per backend (no tol stop;
-   ``HessianResult.history`` holds the estimate after each Hessian-vector product, and
-   the wall time at which each product finished is recorded):
-   - the fewest products after which the estimate stays within the target, and the time
-     at which that product had finished (the best case for each backend: it assumes you
-     knew when to stop);
-   - the largest tol that gives the target, i.e. what a user must set: PyHessian's stopping
-     rule replayed on its trace (tol 1e-3, 1e-4, ...); Lanczos measured (tol 1e-1, 1e-2,
-     1e-3). Lanczos's tol bounds the Ritz residual, whose square bounds the eigenvalue
-     error, so it is far more accurate than PyHessian at the same tol.
+1. reference: Lanczos from a random start converged tightly (tol 1e-10, max_iter 200);
+2. each backend at its defaults (tol 1e-3, max_iter 100, seed 0): value, error, HVPs, time;
+3. equal accuracy (``--target``, relative), over ``--seeds`` start vectors (seeds 0, 1, ...;
+   per seed the backends run in turn: PyHessian, Lanczos with its default warm start,
+   Lanczos from a random start (``warm_start=False``, the earlier default; ``--no-cold``
+   skips it)). From one traced run per seed and backend (``HessianResult.history``: the
+   estimate after each Hessian-vector product; the wall time at which each product
+   finished is recorded from the start of the call, so the graph building and Lanczos's
+   warm start are included):
+   - the fewest products after which the estimate stays within the target, and the time at
+     which that product had finished (the best case for each backend: it assumes you knew
+     when to stop);
+   - the largest tol that gives the target on every seed, i.e. what a user must set, and
+     per seed the products and time a run with that tol takes: PyHessian's stopping rule
+     replayed on its trace (tol 1e-3, 1e-4, ...), Lanczos's on its
+     ``HessianResult.residual_history`` (tol 1e-1, 1e-2, 1e-3; a run with a tol stops at
+     the first residual below it). Lanczos's tol bounds the Ritz residual, whose square
+     bounds the eigenvalue error, so it is far more accurate than PyHessian at the same tol.
+   Ratios are PyHessian's time / Lanczos's, the median of the per-seed ratios. One seed
+   says little: on StdCNN, PyHessian needed 8 to 35 products over seeds 0-4.
+
+Ways to make a product cheaper, measured on this kind of machine (1 CPU thread, 1000
+images, per-product medians of alternated rounds; a product of the kept graph, the double
+backward both backends use: StdCNN 1.3-1.4 s, M1 1.1 s): forward-over-reverse
+(``torch.func.jvp`` of ``torch.func.grad`` through ``functional_call``) 2.2 s and 1.9 s
+(it redoes the forward and backward every product: no graph to keep; batch by batch, where
+the double backward redoes them too, 2.2 s vs 2.2 s and 1.9 s vs 2.0 s);
+``torch.func.linearize`` 2.0 s (StdCNN); ``channels_last`` 1.11x faster on StdCNN, 0.92x
+(slower) on M1; several vectors per pass (``is_grads_batched``, 4 vectors) 1.33 s per vector
+vs 1.16 s one at a time (StdCNN, channels_last); oneDNN off 2.2-2.4x slower. ~90% of a
+product is convolution kernels of the double backward running at 8-16 GFLOP/s, so a
+product costs the same in both backends and what Lanczos gains is products.
 
 Lanczos's advantage grows as lambda_2 / lambda_1 nears 1 (power iteration converges like
 (lambda_2 / lambda_1)^(2k)); the script prints that ratio.
 
 Both backends see the 1000 images as one batch, whose gradient graph they keep across
 products (PyHessian's single-batch mode; with one batch ``top_eigenvalues`` keeps it
-whatever ``reuse_graph`` says, the peak memory being that batch's graph either way). For
-several batches, the bounded default against the kept graph: benchmarks/hessian_memory.py. Data: torchvision MNIST under $ROBUSTHP_DATA_DIR
-or ../shared/datasets (download=False).
+whatever ``reuse_graph`` says, the peak memory being that batch's graph either way), so a
+product costs the same in both: the time ratio is the ratio of products (Lanczos's warm
+start adds ~8 products on 125 images). For several batches, the bounded default against the
+kept graph: benchmarks/hessian_memory.py. Data: torchvision MNIST under $ROBUSTHP_DATA_DIR
+or ../shared/datasets (download=False). ~15 minutes on one CPU thread (5 seeds).
 
     python benchmarks/hessian.py --threads 1
 """
@@ -32,6 +54,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +67,8 @@ from robusthp.models import build_model
 
 MNIST_MEAN, MNIST_STD = (0.1307,), (0.3081,)
 TINY_TOL = 1e-12  # "never stop on tol": run exactly max_iter products
+PYHESSIAN_TOLS = tuple(10.0**-e for e in range(3, 9))  # 1e-3 ... 1e-8
+LANCZOS_TOLS = (1e-1, 1e-2, 1e-3, 1e-4, 1e-5)
 
 
 def parse_args() -> argparse.Namespace:
@@ -55,7 +80,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=0.05)
     p.add_argument("--target", type=float, default=1e-4, help="relative error to reach")
     p.add_argument("--trace-iters", type=int, default=400, help="PyHessian traced-run cap")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="training seed")
+    p.add_argument("--seeds", type=int, default=5, help="start-vector seeds 0..N-1")
+    p.add_argument("--no-cold", action="store_true", help="skip Lanczos from a random start")
     return p.parse_args()
 
 
@@ -124,7 +151,7 @@ def traced(model, data, **kwargs) -> Traced:
     return Traced(r, stamps)
 
 
-def trace_pyhessian(model, data, lam: float, args) -> Traced:
+def trace_pyhessian(model, data, lam: float, args, seed: int) -> Traced:
     """PyHessian with no tol stop, long enough to show where it reaches the target.
 
     For a given seed its estimates are a prefix of any longer run's (and of any run with a
@@ -132,110 +159,163 @@ def trace_pyhessian(model, data, lam: float, args) -> Traced:
     """
     m = 32
     while True:
-        t = traced(model, data, backend="pyhessian", tol=TINY_TOL, max_iter=m)
+        t = traced(model, data, backend="pyhessian", tol=TINY_TOL, max_iter=m, seed=seed)
         k = hvps_to_reach(t.result.history, lam, args.target)
         if (k is not None and k + 4 <= m) or m >= args.trace_iters:
             return t
         m = min(2 * m, args.trace_iters)
 
 
-def pyhessian_stop(history: list[float], tol: float) -> int:
+def trace_lanczos(model, data, lam: float, target: float, seed: int, warm: bool) -> Traced:
+    """Lanczos run to tol 1e-3 (tighter if that does not reach ``target``): a run with a
+    larger tol is a prefix of it (same seed, same start)."""
+    for tol in LANCZOS_TOLS[2:]:
+        t = traced(model, data, backend="lanczos", tol=tol, seed=seed, warm_start=warm)
+        if hvps_to_reach(t.result.history, lam, target) is not None:
+            return t
+    return t
+
+
+def pyhessian_stop(history: list[float], tol: float) -> int | None:
     """How many products PyHessian (top_n=1) takes with this tol; it returns history[k - 2]."""
     for k in range(2, len(history) + 1):
         if pyhessian_relative_change(history[k - 2], history[k - 1]) < tol:
             return k
-    raise ValueError("trace too short")
-
-
-def pyhessian_tol_needed(trace: Traced, lam: float, target: float):
-    """(tol, HVPs, value, seconds) for the largest tol in 1e-3..1e-8 that gives ``target``."""
-    hist = trace.result.history
-    for exp in range(3, 9):
-        tol = 10.0**-exp
-        try:
-            k = pyhessian_stop(hist, tol)
-        except ValueError:
-            return None
-        if rel_err(hist[k - 2], lam) <= target:
-            return tol, k, hist[k - 2], trace.stamps[k - 1]
     return None
+
+
+def stop_at(trace: Traced, backend: str, tol: float):
+    """(HVPs, value, seconds) of a run of ``backend`` with this tol, replayed on its trace."""
+    hist = trace.result.history
+    if backend == "pyhessian":
+        k = pyhessian_stop(hist, tol)
+        return None if k is None else (k, hist[k - 2], trace.stamps[k - 1])
+    res = trace.result.residual_history
+    k = next((i + 1 for i, r in enumerate(res) if r < tol), None)
+    return None if k is None else (k, hist[k - 1], trace.stamps[k - 1])
+
+
+def fewest(trace: Traced, lam: float, target: float):
+    """(HVPs, value, seconds) at the first product after which it stays within target."""
+    k = hvps_to_reach(trace.result.history, lam, target)
+    return None if k is None else (k, trace.result.history[k - 1], trace.stamps[k - 1])
+
+
+def largest_tol(traces: list[Traced], backend: str, lam: float, target: float):
+    """The largest tol of the backend's grid that gives ``target`` on every trace, and the
+    (HVPs, value, seconds) of each run with it; (None, []) if none does."""
+    grid = PYHESSIAN_TOLS if backend == "pyhessian" else LANCZOS_TOLS
+    for tol in grid:
+        stops = [stop_at(t, backend, tol) for t in traces]
+        if all(st is not None and rel_err(st[1], lam) <= target for st in stops):
+            return tol, stops
+    return None, []
 
 
 def line(label: str, value: float, ref: float, hvps: int, seconds: float) -> None:
     print(f"  {label:<50} {value:>12.6f} {rel_err(value, ref):>9.1e} {hvps:>5d} {seconds:>7.2f}")
 
 
-def fewest_hvps(traces: dict[str, Traced], lam: float, target: float) -> dict:
-    """Per backend (HVPs, seconds) at the first product after which it stays within target."""
-    best = {}
-    for backend, t in traces.items():
-        k = hvps_to_reach(t.result.history, lam, target)
-        if k is None:
-            print(f"  {backend}: not within {target:g} after {t.result.num_hvp} HVPs")
-            continue
-        best[backend] = (k, t.stamps[k - 1])
-        line(
-            f"{backend} fewest HVPs to {target:g} (traced)",
-            t.result.history[k - 1],
-            lam,
-            k,
-            t.stamps[k - 1],
+def per_seed_runs(model, data, lam: float, args) -> dict[str, list[Traced]]:
+    """Per seed, in turn: PyHessian, Lanczos (warm start), Lanczos (random start)."""
+    runs: dict[str, list[Traced]] = {"pyhessian": [], "lanczos": []}
+    if not args.no_cold:
+        runs["lanczos random start"] = []
+    for seed in range(args.seeds):
+        runs["pyhessian"].append(trace_pyhessian(model, data, lam, args, seed))
+        runs["lanczos"].append(trace_lanczos(model, data, lam, args.target, seed, True))
+        if not args.no_cold:
+            t = trace_lanczos(model, data, lam, args.target, seed, False)
+            runs["lanczos random start"].append(t)
+    return runs
+
+
+def table(
+    title: str, stops: dict[str, list], runs: dict[str, list[Traced]], lam: float, label: str
+) -> None:
+    """Per seed HVPs (+ warm-start subsample HVPs, "w"), time and error; medians; ratios."""
+    names = list(stops)
+    print(f"  {title}")
+    print("  seed " + "".join(f"| {n:>30} " for n in names))
+    for seed in range(len(stops[names[0]])):
+        row = []
+        for n in names:
+            st, warm = stops[n][seed], runs[n][seed].result.warm_hvp
+            if st is None:
+                row.append(f"| {'not reached':>30} ")
+                continue
+            hvps = f"{st[0]}+{warm}w" if warm else str(st[0])
+            row.append(f"| {hvps:>7} HVPs {st[2]:>6.2f} s {rel_err(st[1], lam):>7.1e} ")
+        print(f"  {seed:>4} " + "".join(row))
+    med = []
+    for n in names:
+        ok = [st for st in stops[n] if st is not None]
+        med.append(
+            f"| {statistics.median(st[0] for st in ok):>7g} HVPs "
+            f"{statistics.median(st[2] for st in ok):>6.2f} s {'':>7} "
+            if ok
+            else f"| {'-':>30} "
         )
-    return best
-
-
-def by_tolerance(model, data, traces, default: HessianResult, lam: float, target: float):
-    """Per backend (HVPs, seconds) at the largest tol that gives the target (or None)."""
-    knob = {"pyhessian": None, "lanczos": None}
-    found = pyhessian_tol_needed(traces["pyhessian"], lam, target)
-    if found is not None:
-        tol, k, value, seconds = found
-        line(f"pyhessian tol {tol:g}, largest to {target:g} (traced)", value, lam, k, seconds)
-        knob["pyhessian"] = (k, seconds)
-    for tol in (1e-1, 1e-2, 1e-3):  # lanczos: measured runs (tol 1e-3 is the default run)
-        r = default if tol == 1e-3 else top_eigenvalues(model, data, backend="lanczos", tol=tol)
-        if rel_err(r.top, lam) <= target:
-            line(f"lanczos tol {tol:g}, largest to {target:g}", r.top, lam, r.num_hvp, r.seconds)
-            knob["lanczos"] = (r.num_hvp, r.seconds)
-            break
-    return knob
-
-
-def ratio(label: str, pyh, lan) -> None:
-    if pyh and lan:
-        print(
-            f"  {label}: lanczos {pyh[1] / lan[1]:.1f}x faster, {pyh[0] / lan[0]:.1f}x fewer HVPs"
-        )
+    print("   med " + "".join(med))
+    for n in names[1:]:
+        pairs = [(p, q) for p, q in zip(stops["pyhessian"], stops[n], strict=True) if p and q]
+        if pairs:
+            r_t = statistics.median(p[2] / q[2] for p, q in pairs)
+            r_h = statistics.median(p[0] / q[0] for p, q in pairs)
+            print(
+                f"  {label}: {n} {r_t:.2f}x faster than pyhessian, {r_h:.2f}x fewer full "
+                f"HVPs (medians of {len(pairs)} per-seed ratios)"
+            )
 
 
 def bench_model(name: str, x, y, args) -> None:
     print(f"\n=== {name} ({sum(p.numel() for p in build_params(name))} params) ===")
     model = train(name, x, y, args)
     data = [(x, y)]
-    ref = traced(model, data, backend="lanczos", top_n=2, tol=1e-10, max_iter=200)
-    lam, lam2 = ref.result.eigenvalues
+    ref = top_eigenvalues(
+        model, data, backend="lanczos", top_n=2, tol=1e-10, max_iter=200, warm_start=False
+    )
+    lam, lam2 = ref.eigenvalues
     print(
-        f"  reference (lanczos tol 1e-10): {lam:.8f}, {ref.result.num_hvp} HVPs, "
-        f"{ref.result.seconds:.2f} s; second eigenvalue {lam2:.4f} (ratio {lam2 / lam:.3f}, "
+        f"  reference (lanczos tol 1e-10): {lam:.8f}, {ref.num_hvp} HVPs, "
+        f"{ref.seconds:.2f} s; second eigenvalue {lam2:.4f} (ratio {lam2 / lam:.3f}, "
         f"the power iteration's rate)"
     )
     print(
-        f"  {'backend / setting':<50} {'eigenvalue':>12} {'rel err':>9} {'HVPs':>5} {'time s':>7}"
+        f"  {'backend / setting (seed 0)':<50} {'eigenvalue':>12} {'rel err':>9} {'HVPs':>5} "
+        f"{'time s':>7}"
     )
     default = {}
     for backend in ("pyhessian", "lanczos"):
         default[backend] = r = top_eigenvalues(model, data, backend=backend)
-        line(f"{backend} defaults (tol 1e-3, max_iter 100)", r.top, lam, r.num_hvp, r.seconds)
-    traces = {"pyhessian": trace_pyhessian(model, data, lam, args), "lanczos": ref}
-    best = fewest_hvps(traces, lam, args.target)
-    knob = by_tolerance(model, data, traces, default["lanczos"], lam, args.target)
-    ratio(f"at {args.target:g}, fewest HVPs each", best.get("pyhessian"), best.get("lanczos"))
-    ratio(f"at {args.target:g}, largest tol each", knob["pyhessian"], knob["lanczos"])
+        label = f"{backend} defaults (tol 1e-3, max_iter 100)"
+        line(
+            label + (f" +{r.warm_hvp} warm" if r.warm_hvp else ""), r.top, lam, r.num_hvp, r.seconds
+        )
     p, d = default["pyhessian"], default["lanczos"]
     print(
         f"  defaults: pyhessian takes {p.seconds / d.seconds:.1f}x lanczos's time, errors "
         f"{rel_err(p.top, lam):.1e} (pyhessian) vs {rel_err(d.top, lam):.1e} (lanczos)"
     )
+    runs = per_seed_runs(model, data, lam, args)
+    last = max(rel_err(t.result.history[-1], lam) for t in runs["pyhessian"])
+    print(f"  pyhessian traced runs end within {last:.1e} of the reference (all seeds)")
+    target = args.target
+    table(
+        f"fewest HVPs to {target:g}",
+        {n: [fewest(t, lam, target) for t in ts] for n, ts in runs.items()},
+        runs,
+        lam,
+        f"at {target:g}, fewest HVPs each",
+    )
+    stops, tols = {}, []
+    for n, ts in runs.items():
+        tol, stops[n] = largest_tol(ts, "pyhessian" if n == "pyhessian" else "lanczos", lam, target)
+        tols.append(f"{n} {tol:g}" if tol else f"{n} none in its grid")
+        if tol is None:
+            stops[n] = [None] * len(ts)
+    title = f"largest tol to {target:g} on every seed ({', '.join(tols)})"
+    table(title, stops, runs, lam, f"at {target:g}, largest tol each")
 
 
 def build_params(name: str):

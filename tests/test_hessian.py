@@ -423,3 +423,96 @@ def test_cuda_matches_cpu(backend):
     assert torch.equal(torch.cuda.get_rng_state(), rng)
     assert next(model.parameters()).is_cuda
     assert rel(res.top, cpu) < 1e-3
+
+
+# --------------------------------------------------------------------------- warm start
+
+
+def many_batches(sizes=(100, 60), dtype=torch.float64):
+    """160 samples: enough for the warm start (min(128, N // 8) = 20 >= 16 samples)."""
+    return two_batches(dtype=dtype, sizes=sizes)
+
+
+@pytest.mark.parametrize("reuse_graph", [True, False])
+def test_warm_start_top3_match_dense(reuse_graph):
+    """The warm-started run finds the full loss's eigenvalues (not the subsample's)."""
+    batches = many_batches()
+    dense = dense_eigenvalues(mlp(), batches)
+    sub = dense_eigenvalues(mlp(), [(batches[0][0][:20], batches[0][1][:20])])
+    assert rel(sub[0].item(), dense[0].item()) > 1e-2  # the subsample's Hessian differs
+    for warm in (True, False):
+        res = top_eigenvalues(mlp(), batches, top_n=3, backend="lanczos", warm_start=warm,
+                              reuse_graph=reuse_graph, **TIGHT)
+        torch.testing.assert_close(
+            torch.tensor(res.eigenvalues, dtype=torch.float64), dense[:3], rtol=1e-6, atol=0
+        )
+        assert res.converged and (res.warm_hvp > 0) == warm
+        assert len(res.history) == len(res.residual_history) == res.num_hvp
+
+
+def test_warm_start_only_with_enough_samples():
+    assert top_eigenvalues(mlp(), two_batches(), backend="lanczos").warm_hvp == 0  # 17 < 128
+    assert top_eigenvalues(mlp(), many_batches(), backend="lanczos").warm_hvp > 0
+    assert top_eigenvalues(mlp(), many_batches(), backend="pyhessian").warm_hvp == 0
+
+
+@pytest.mark.parametrize("n", [20, 130])
+def test_subsample_product_is_the_head_of_the_data(n):
+    """_HVP.subsample(n): the dense Hessian of the first n samples (across batches) times v,
+    in the full product's vector space."""
+    batches = many_batches()
+    x = torch.cat([x for x, _ in batches])
+    y = torch.cat([y for _, y in batches])
+    hess = dense_hessian(mlp(), [(x[:n], y[:n])])
+    full = _HVP(mlp(), batches, F.cross_entropy, reuse_graph=False)
+    sub = full.subsample(n)
+    assert sub.active is full.active and sub.dim == full.dim and sub.num_samples == n
+    v = torch.randn(full.dim, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+    torch.testing.assert_close(sub(v), hess @ v, rtol=1e-10, atol=1e-12)
+    assert not torch.allclose(full(v), hess @ v, rtol=1e-3)  # the whole data's differs
+
+
+def test_subsample_without_curvature_in_a_parameter():
+    """An active parameter whose curvature the subsample lacks contributes zero rows."""
+    model = DataDependent()  # ``extra`` is used only for batches of more than two samples
+    batches = many_batches()
+    full = _HVP(model, batches, F.cross_entropy, reuse_graph=True)
+    sub = full.subsample(2)
+    assert sub.dim == full.dim
+    hess = dense_hessian(model.net, [(batches[0][0][:2], batches[0][1][:2])])
+    v = torch.randn(full.dim, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    hv = sub(v)
+    torch.testing.assert_close(hv[: len(hess)], hess @ v[: len(hess)], rtol=1e-10, atol=1e-12)
+    assert torch.all(hv[len(hess):] == 0)
+
+
+def test_residual_history_replays_the_tol_stop():
+    """A run with a larger tol stops at the first residual_history entry below it and
+    returns the history entry there (what benchmarks/hessian.py replays)."""
+    model, batches = trained_cnn(), image_batches()
+    long = top_eigenvalues(model, batches, backend="lanczos", tol=1e-8, max_iter=60)
+    for tol in (1e-1, 1e-2, 1e-4):
+        short = top_eigenvalues(model, batches, backend="lanczos", tol=tol)
+        k = next(i + 1 for i, r in enumerate(long.residual_history) if r < tol)
+        assert short.num_hvp == k and short.top == long.history[k - 1]
+        assert short.residuals == [short.residual_history[-1]]
+
+
+def test_warm_start_side_effects_and_counts():
+    """With the warm start engaged (160 images): modes, .grad, BatchNorm statistics and the
+    global RNG as found; on_hvp sees only the full products."""
+    model = trained_cnn()
+    model.train()
+    bn_stats = model.bn.running_mean.clone()
+    for p in model.parameters():
+        p.grad = torch.full_like(p, 3.0)
+    torch.manual_seed(11)
+    rng = torch.get_rng_state()
+    calls = []
+    res = top_eigenvalues(model, image_batches(sizes=(100, 60)), backend="lanczos",
+                          on_hvp=calls.append)
+    assert res.warm_hvp > 0 and calls == list(range(1, res.num_hvp + 1))
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert all(m.training for m in model.modules())
+    assert torch.equal(model.bn.running_mean, bn_stats)
+    assert all(torch.all(p.grad == 3.0) for p in model.parameters())
