@@ -17,7 +17,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from robusthp.callbacks.gradient_stats import GradientStatistics, seeded_samples, whole_batches
+from robusthp.callbacks._lightning import seeded_samples, whole_batches
+from robusthp.callbacks.gradient_stats import GradientStatistics
 from robusthp.gradient_stats import STAT_KEYS, gradient_statistics
 
 NAMESPACES = ["pytorch_lightning", "lightning.pytorch"]

@@ -11,7 +11,8 @@ Both callbacks (``AdversarialRobustness``, ``HessianEigenvalues``) share from he
 they cannot drift apart: the hooks they run in and when they skip (``StageHooks``: not on
 other ranks, not after an interrupted fit, not on a diverged model; no data at fit end
 moves the evaluation to ``trainer.test``), where their data comes from (``find_loader``),
-how samples are taken without touching the global RNGs (``gather_batches``), their
+how samples are taken without touching the global RNGs (``gather_batches``; the
+per-epoch callbacks' seeded subsets: ``seeded_samples``, ``whole_batches``), their
 progress bar (``progress_bar``) and the checks of their common arguments
 (``check_common``). Nothing in this module imports Hydra.
 """
@@ -28,6 +29,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.utils.data import IterableDataset, default_collate
 
 from robusthp.settings import Check, integer
 
@@ -368,6 +370,62 @@ def gather_batches(
     with global_rng_untouched():
         batches = take_samples(loader, num_samples, batch_to_xy)
     return rebatch(batches, batch_size)
+
+
+def chunk_batch_to_xy(batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """``default_batch_to_xy``, and robusthp's ``StepChunks`` batches (a list of
+    ``(x, y)`` pairs, one per SGD step) concatenated."""
+    if isinstance(batch, list) and batch and all(isinstance(b, (tuple, list)) for b in batch):
+        pairs = [default_batch_to_xy(b) for b in batch]
+        return torch.cat([x for x, _ in pairs]), torch.cat([y for _, y in pairs])
+    return default_batch_to_xy(batch)
+
+
+def seeded_samples(
+    loader: Any, num_samples: int | None, seed: int, batch_to_xy: BatchToXY
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``num_samples`` (x, y) points of ``loader`` (None: all), concatenated, detached
+    copies, the global RNGs left as found. A map-style ``loader.dataset``: indices drawn by
+    a generator seeded ``seed``, collated by ``loader.collate_fn``; any other loader: the
+    first ``num_samples`` it yields. Raises ``NoSamples`` when there are none."""
+    dataset = getattr(loader, "dataset", None)
+    with global_rng_untouched():
+        if _map_style(dataset):
+            n = len(dataset)
+            order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+            order = order[: n if num_samples is None else num_samples]
+            if len(order) == 0:
+                raise NoSamples("no data: the dataset is empty")
+            collate = getattr(loader, "collate_fn", None) or default_collate
+            x, y = batch_to_xy(collate([dataset[int(i)] for i in order]))
+        else:
+            batches = take_samples(loader, num_samples, batch_to_xy)
+            x, y = torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches])
+    return x.detach().clone(), y.detach().clone()
+
+
+def whole_batches(x: torch.Tensor, y: torch.Tensor, batch_size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """``(x, y)`` split in batches of ``batch_size``; a last partial batch is dropped
+    unless it is the only one (a smaller batch has other mini-batch statistics)."""
+    batches = list(zip(x.split(batch_size), y.split(batch_size), strict=True))
+    if len(batches) > 1 and len(batches[-1][1]) < batch_size:
+        batches.pop()
+    return batches
+
+
+def loader_batch_size(loader: Any) -> int | None:
+    """A loader's batch size: ``batch_size`` (DataLoader, robusthp's torch.TensorBatches), its
+    batch sampler's, or robusthp's ``StepChunks``' wrapped batches'; None if unknown."""
+    for holder in (loader, getattr(loader, "batch_sampler", None), getattr(loader, "batches", None)):
+        size = getattr(holder, "batch_size", None)
+        if isinstance(size, int) and size >= 1:
+            return size
+    return None
+
+
+def _map_style(dataset: Any) -> bool:
+    return (dataset is not None and not isinstance(dataset, IterableDataset)
+            and hasattr(dataset, "__getitem__") and hasattr(dataset, "__len__"))
 
 
 # ---------------------------------------------------------------------------- progress

@@ -55,7 +55,6 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.utils.data import IterableDataset, default_collate
 
 from robusthp.callbacks import _lightning as shared
 from robusthp.callbacks.adversarial import _device_of
@@ -100,7 +99,7 @@ class _GradientStatisticsLogic:
         self.seed = check(integer(), seed, "seed")
         if batch_to_xy is not None and not callable(batch_to_xy):
             raise TypeError(f"{_OWNER}: batch_to_xy must be callable(batch) -> (x, y); got {batch_to_xy!r}")
-        self.batch_to_xy = batch_to_xy or chunk_batch_to_xy
+        self.batch_to_xy = batch_to_xy or shared.chunk_batch_to_xy
         self.dataloader, self.progress = dataloader, bool(progress)
         self.results: dict[str, Any] = {}
         self._batches: Batches | None = None  # the subset, taken once
@@ -155,7 +154,7 @@ class _GradientStatisticsLogic:
     def _subset(self, trainer: Any) -> Batches | None:
         if self._batches is not None:
             return self._batches
-        batch_size = self.batch_size or loader_batch_size(
+        batch_size = self.batch_size or shared.loader_batch_size(
             shared.first_loader(getattr(trainer, "train_dataloader", None)))
         if batch_size is None:
             self._skip("the training loader's batch size is unknown: pass batch_size=", "no batch size")
@@ -164,11 +163,11 @@ class _GradientStatisticsLogic:
         if loader is not None:
             wanted = self.num_samples if self.num_batches is None else self.num_batches * batch_size
             try:
-                x, y = seeded_samples(loader, wanted, self.seed, self.batch_to_xy)
+                x, y = shared.seeded_samples(loader, wanted, self.seed, self.batch_to_xy)
             except shared.NoSamples:
                 source = f"{source} yielded no samples"
             else:
-                self._batches = whole_batches(x, y, batch_size)
+                self._batches = shared.whole_batches(x, y, batch_size)
                 log.info("%s: %d samples in %d batches of %d from %s", _OWNER,
                          sum(len(b[1]) for b in self._batches), len(self._batches), batch_size, source)
                 return self._batches
@@ -220,65 +219,6 @@ class GradientStatistics(_GradientStatisticsLogic, *shared.callback_bases()):
         dataloader, batch_to_xy: the data (default: the training data, as above) and
             ``batch -> (x, y)`` (default: tuples, common dict keys, robusthp's step chunks).
     """
-
-
-# ---------------------------------------------------------------- helpers (shared with RobustValidation)
-
-
-def chunk_batch_to_xy(batch: Any) -> tuple[Tensor, Tensor]:
-    """``shared.default_batch_to_xy``, and robusthp's ``StepChunks`` batches (a list of
-    ``(x, y)`` pairs, one per SGD step) concatenated."""
-    if isinstance(batch, list) and batch and all(isinstance(b, (tuple, list)) for b in batch):
-        pairs = [shared.default_batch_to_xy(b) for b in batch]
-        return torch.cat([x for x, _ in pairs]), torch.cat([y for _, y in pairs])
-    return shared.default_batch_to_xy(batch)
-
-
-def seeded_samples(
-    loader: Any, num_samples: int | None, seed: int, batch_to_xy: shared.BatchToXY
-) -> tuple[Tensor, Tensor]:
-    """``num_samples`` (x, y) points of ``loader`` (None: all), concatenated, detached
-    copies, the global RNGs left as found. A map-style ``loader.dataset``: indices drawn by
-    a generator seeded ``seed``, collated by ``loader.collate_fn``; any other loader: the
-    first ``num_samples`` it yields. Raises ``shared.NoSamples`` when there are none."""
-    dataset = getattr(loader, "dataset", None)
-    with shared.global_rng_untouched():
-        if _map_style(dataset):
-            n = len(dataset)
-            order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-            order = order[: n if num_samples is None else num_samples]
-            if len(order) == 0:
-                raise shared.NoSamples("no data: the dataset is empty")
-            collate = getattr(loader, "collate_fn", None) or default_collate
-            x, y = batch_to_xy(collate([dataset[int(i)] for i in order]))
-        else:
-            batches = shared.take_samples(loader, num_samples, batch_to_xy)
-            x, y = torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches])
-    return x.detach().clone(), y.detach().clone()
-
-
-def whole_batches(x: Tensor, y: Tensor, batch_size: int) -> Batches:
-    """``(x, y)`` split in batches of ``batch_size``; a last partial batch is dropped
-    unless it is the only one (a smaller batch has other mini-batch statistics)."""
-    batches = list(zip(x.split(batch_size), y.split(batch_size), strict=True))
-    if len(batches) > 1 and len(batches[-1][1]) < batch_size:
-        batches.pop()
-    return batches
-
-
-def loader_batch_size(loader: Any) -> int | None:
-    """A loader's batch size: ``batch_size`` (DataLoader, robusthp's TensorBatches), its
-    batch sampler's, or robusthp's ``StepChunks``' wrapped batches'; None if unknown."""
-    for holder in (loader, getattr(loader, "batch_sampler", None), getattr(loader, "batches", None)):
-        size = getattr(holder, "batch_size", None)
-        if isinstance(size, int) and size >= 1:
-            return size
-    return None
-
-
-def _map_style(dataset: Any) -> bool:
-    return (dataset is not None and not isinstance(dataset, IterableDataset)
-            and hasattr(dataset, "__getitem__") and hasattr(dataset, "__len__"))
 
 
 def _train_inputs(model: nn.Module, batches: Batches) -> Batches:

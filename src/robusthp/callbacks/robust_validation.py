@@ -13,7 +13,7 @@ multiple of ``every_n_epochs`` (``on_validation_epoch_end``; not the sanity chec
 ``trainer.validate``), L-inf PGD (``robusthp.attacks.pgd``, the code the final evaluation
 runs) attacks a fixed subset of the validation data, taken once: ``num_samples`` points,
 seeded by ``seed`` for map-style datasets, else the loader's first (see
-``robusthp.callbacks.gradient_stats.seeded_samples``). Every point counts (clean errors
+``robusthp.callbacks._lightning.seeded_samples``). Every point counts (clean errors
 too), as in ``robusthp.attacks.robust_accuracy``, which computes it.
 
 The hook runs under ``torch.no_grad``: gradients are turned on for the attack only
@@ -54,7 +54,6 @@ from torch import Tensor, nn
 from robusthp.attacks import bind, check_attack_args, robust_accuracy
 from robusthp.callbacks import _lightning as shared
 from robusthp.callbacks.adversarial import Reading, _as_std, _device_of, _model_std
-from robusthp.callbacks.gradient_stats import chunk_batch_to_xy, loader_batch_size, seeded_samples
 from robusthp.settings import EPS_SPACES, boolean, integer, one_of
 from robusthp.side_effects import gradients_on
 
@@ -111,7 +110,7 @@ class _RobustValidationLogic:
             self.std = None if std is None else _as_std(std)
         except ValueError as err:  # its message names AdversarialRobustness
             raise ValueError(str(err).replace("AdversarialRobustness", _OWNER)) from None
-        self.batch_to_xy = batch_to_xy or chunk_batch_to_xy
+        self.batch_to_xy = batch_to_xy or shared.chunk_batch_to_xy
         self.dataloader, self.progress = dataloader, bool(progress)
         self.results: dict[str, Any] = {}
         self._batches: Batches | None = None  # the subset, taken once
@@ -195,11 +194,11 @@ class _RobustValidationLogic:
         if loader is not None:
             try:
                 with gradients_on():  # plain tensors, not inference ones
-                    x, y = seeded_samples(loader, self.num_samples, self.seed, self.batch_to_xy)
+                    x, y = shared.seeded_samples(loader, self.num_samples, self.seed, self.batch_to_xy)
             except shared.NoSamples:
                 source = f"{source} yielded no samples"
             else:
-                size = self.batch_size or loader_batch_size(loader) or DEFAULT_BATCH_SIZE
+                size = self.batch_size or shared.loader_batch_size(loader) or DEFAULT_BATCH_SIZE
                 self._batches = list(zip(x.split(size), y.split(size), strict=True))
                 return self._batches
         self._skip(f"no validation data ({source}): pass dataloader=", "no data")
