@@ -428,6 +428,41 @@ def _map_style(dataset: Any) -> bool:
             and hasattr(dataset, "__getitem__") and hasattr(dataset, "__len__"))
 
 
+# ---------------------------------------------------------------------------- per-epoch state
+
+
+class EpochHistory:
+    """The state of a callback that measures during a fit (``GradientStatistics``,
+    ``RobustValidation``): its per-epoch history, time spent and results, saved in
+    Lightning checkpoints so a resumed fit keeps them; a skip warns once per reason.
+    Subclasses set ``owner`` (the name in messages) and ``skip_key`` (the results key
+    saying why a measurement was skipped), and call ``_start_history``."""
+
+    owner: str
+    skip_key: str
+
+    def _start_history(self, *keys: str) -> None:
+        self.results: dict[str, Any] = {}
+        self._history: dict[str, list] = {key: [] for key in keys}
+        self._time_s = 0.0
+        self._warned: set[str] = set()
+
+    def state_dict(self) -> dict[str, Any]:
+        """The per-epoch history, saved in Lightning checkpoints (a resumed fit keeps it)."""
+        return {"history": self._history, "time_s": self._time_s, "results": self.results}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._history = {k: list(v) for k, v in state_dict["history"].items()}
+        self._time_s = float(state_dict["time_s"])
+        self.results = dict(state_dict["results"])
+
+    def _skip(self, message: str, reason: str) -> None:
+        if reason not in self._warned:  # once per reason, not every epoch
+            logging.getLogger(type(self).__module__).warning("%s: %s", self.owner, message)
+            self._warned.add(reason)
+        self.results[self.skip_key] = reason
+
+
 # ---------------------------------------------------------------------------- progress
 
 

@@ -72,7 +72,7 @@ DEFAULT_NUM_SAMPLES = 512
 Batches = list[tuple[Tensor, Tensor]]
 
 
-class _GradientStatisticsLogic:
+class _GradientStatisticsLogic(shared.EpochHistory):
     """Lightning-free logic; ``GradientStatistics`` adds the Callback bases."""
 
     owner, skip_key = _OWNER, "grad_stats_skipped"
@@ -101,11 +101,8 @@ class _GradientStatisticsLogic:
             raise TypeError(f"{_OWNER}: batch_to_xy must be callable(batch) -> (x, y); got {batch_to_xy!r}")
         self.batch_to_xy = batch_to_xy or shared.chunk_batch_to_xy
         self.dataloader, self.progress = dataloader, bool(progress)
-        self.results: dict[str, Any] = {}
         self._batches: Batches | None = None  # the subset, taken once
-        self._history: dict[str, list] = _empty_history()
-        self._time_s = 0.0
-        self._warned: set[str] = set()
+        self._start_history(*STAT_KEYS, "epochs")
 
     # ------------------------------------------------------------ Lightning hooks
 
@@ -129,15 +126,6 @@ class _GradientStatisticsLogic:
                 pl_module.log(LOG_NAMES[key], value, on_step=False, on_epoch=True,
                               rank_zero_only=True, batch_size=1)
         log.info("gradient statistics (epoch %d): %s", epoch, stats)
-
-    def state_dict(self) -> dict[str, Any]:
-        """The per-epoch history, saved in Lightning checkpoints (a resumed fit keeps it)."""
-        return {"history": self._history, "time_s": self._time_s, "results": self.results}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self._history = {k: list(v) for k, v in state_dict["history"].items()}
-        self._time_s = float(state_dict["time_s"])
-        self.results = dict(state_dict["results"])
 
     # ------------------------------------------------------------ the measurement
 
@@ -195,11 +183,6 @@ class _GradientStatisticsLogic:
         self.results["grad_stats_batch_size"] = len(batches[0][1])
         self.results["grad_stats_time_s"] = self._time_s
 
-    def _skip(self, message: str, reason: str) -> None:
-        if reason not in self._warned:  # once per reason, not every epoch
-            log.warning("%s: %s", _OWNER, message)
-            self._warned.add(reason)
-        self.results[self.skip_key] = reason
 
 
 class GradientStatistics(_GradientStatisticsLogic, *shared.callback_bases()):
@@ -251,7 +234,3 @@ def _rngs_untouched(device: torch.device) -> Iterator[None]:
     cuda = [device] if device.type == "cuda" else []
     with shared.global_rng_untouched(), torch.random.fork_rng(devices=cuda, enabled=bool(cuda)):
         yield
-
-
-def _empty_history() -> dict[str, list]:
-    return {**{key: [] for key in STAT_KEYS}, "epochs": []}

@@ -67,7 +67,7 @@ DEFAULT_BATCH_SIZE = 500  # attack batch when the validation loader's size is un
 Batches = list[tuple[Tensor, Tensor]]
 
 
-class _RobustValidationLogic:
+class _RobustValidationLogic(shared.EpochHistory):
     """Lightning-free logic; ``RobustValidation`` adds the Callback bases."""
 
     owner, skip_key = _OWNER, "robust_val_skipped"
@@ -112,11 +112,8 @@ class _RobustValidationLogic:
             raise ValueError(str(err).replace("AdversarialRobustness", _OWNER)) from None
         self.batch_to_xy = batch_to_xy or shared.chunk_batch_to_xy
         self.dataloader, self.progress = dataloader, bool(progress)
-        self.results: dict[str, Any] = {}
         self._batches: Batches | None = None  # the subset, taken once
-        self._history: dict[str, list] = {"robust": [], "clean": [], "epochs": []}
-        self._time_s = 0.0
-        self._warned: set[str] = set()
+        self._start_history("robust", "clean", "epochs")
 
     # ------------------------------------------------------------ Lightning hooks
 
@@ -142,15 +139,6 @@ class _RobustValidationLogic:
                       rank_zero_only=True, batch_size=1)
         log.info("robust validation (epoch %d): clean %.4f, pgd %.4f", epoch,
                  accs["clean_acc"], accs["pgd_acc"])
-
-    def state_dict(self) -> dict[str, Any]:
-        """The per-epoch history, saved in Lightning checkpoints (a resumed fit keeps it)."""
-        return {"history": self._history, "time_s": self._time_s, "results": self.results}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self._history = {k: list(v) for k, v in state_dict["history"].items()}
-        self._time_s = float(state_dict["time_s"])
-        self.results = dict(state_dict["results"])
 
     # ------------------------------------------------------------ the evaluation
 
@@ -222,11 +210,6 @@ class _RobustValidationLogic:
             "robust_val_time_s": self._time_s,
         })
 
-    def _skip(self, message: str, reason: str) -> None:
-        if reason not in self._warned:  # once per reason, not every epoch
-            log.warning("%s: %s", _OWNER, message)
-            self._warned.add(reason)
-        self.results[self.skip_key] = reason
 
 
 class RobustValidation(_RobustValidationLogic, *shared.callback_bases()):
