@@ -7,14 +7,15 @@ re-exports the other's classes), and a Trainer accepts only callbacks that subcl
 callback is one class that subclasses a Lightning-free logic mixin *and* every
 ``Callback`` class that imports here.
 
-Both callbacks (``AdversarialRobustness``, ``HessianEigenvalues``) share from here, so
-they cannot drift apart: the hooks they run in and when they skip (``StageHooks``: not on
-other ranks, not after an interrupted fit, not on a diverged model; no data at fit end
-moves the evaluation to ``trainer.test``), where their data comes from (``find_loader``),
-how samples are taken without touching the global RNGs (``gather_batches``; the
-per-epoch callbacks' seeded subsets: ``seeded_samples``, ``whole_batches``), their
-progress bar (``progress_bar``) and the checks of their common arguments
-(``check_common``). Nothing in this module imports Hydra.
+All robusthp callbacks share from here, so they cannot drift apart: the hooks of the
+after-training ones and when they skip (``StageHooks``: not on other ranks, not after an
+interrupted fit, not on a diverged model; no data at fit end moves the evaluation to
+``trainer.test``), the test-data evaluation most of them are (``TestDataEvaluation``:
+under autograd, logged), the per-epoch ones' state (``EpochHistory``) and seeded subsets
+(``seeded_samples``, ``whole_batches``), where data comes from (``find_loader``), how
+samples are taken without touching the global RNGs (``gather_batches``), the progress
+bar (``progress_bar``) and the checks of common arguments (``check_common``). Nothing in
+this module imports Hydra.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import torch
 from torch.utils.data import IterableDataset, default_collate
 
 from robusthp.settings import Check, integer
+from robusthp.side_effects import gradients_on
 
 log = logging.getLogger(__name__)
 
@@ -159,6 +161,42 @@ class StageHooks:
     ) -> None:
         """Evaluate ``pl_module`` on ``loader``; log and store the results."""
         raise NotImplementedError
+
+
+class TestDataEvaluation(StageHooks):
+    """``StageHooks`` for a callback that evaluates the trained model on test data
+    (``sources_of_test_data``): ``self.evaluate(model, loader, device=)`` under autograd
+    when ``needs_grad`` (test hooks run under inference mode; attacks need gradients), the
+    scalar results ``logged(key, value)`` picks sent to the loggers as ``log_prefix + key``,
+    one info line headed ``title``. Subclasses set ``dataloader``, ``log_prefix`` and
+    ``title`` and define ``evaluate``."""
+
+    dataloader: Iterable[Any] | None
+    log_prefix: str
+    title: str
+    needs_grad = True
+
+    def data_sources(self, trainer: Any, stage: str) -> list[Source]:
+        """Test data only (``sources_of_test_data``)."""
+        return sources_of_test_data(self.dataloader, trainer, stage)
+
+    def logged(self, key: str, value: Any) -> bool:
+        """Whether result ``key`` goes to the loggers (default: every number)."""
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+    def summary(self) -> dict[str, Any]:
+        """What the info line shows (default: all results)."""
+        return self.results
+
+    def run_stage(
+        self, trainer: Any, pl_module: torch.nn.Module, stage: str, loader: Iterable[Any], source: str
+    ) -> None:
+        """Evaluate, log and store now (``StageHooks`` calls it at a chosen stage)."""
+        with gradients_on() if self.needs_grad else contextlib.nullcontext():
+            self.results = self.evaluate(pl_module, loader, device=pl_module.device)
+        log_to_loggers(trainer, {self.log_prefix + k: v for k, v in self.results.items()
+                                 if self.logged(k, v)})
+        self._log.info("%s (%s, data: %s): %s", self.title, stage, source, self.summary())
 
 
 def log_to_loggers(trainer: Any, metrics: Mapping[str, float]) -> None:

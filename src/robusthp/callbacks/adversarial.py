@@ -76,7 +76,6 @@ from robusthp.attacks import (
 from robusthp.callbacks import _lightning as shared
 from robusthp.models.normalize import Normalize
 from robusthp.settings import AdversarialSettings, eps_spaces, names, positive_number
-from robusthp.side_effects import gradients_on
 
 log = logging.getLogger(__name__)
 
@@ -85,10 +84,11 @@ _LOGGED = ("median_min_eps", "min_eps_auc")  # logged besides the accuracies
 _OWNER = "AdversarialRobustness"
 
 
-class _AdversarialRobustnessLogic(shared.StageHooks):
+class _AdversarialRobustnessLogic(shared.TestDataEvaluation):
     """Lightning-free logic; ``AdversarialRobustness`` adds the Callback bases."""
 
     owner, skip_key, _log = _OWNER, "adversarial_skipped", log
+    log_prefix, title = LOG_PREFIX, "adversarial robustness"
 
     def __init__(
         self,
@@ -131,21 +131,10 @@ class _AdversarialRobustnessLogic(shared.StageHooks):
         self.dataloader, self.seed, self.progress = dataloader, int(seed), bool(progress)
         self.results: dict[str, Any] = {}
 
-    # ------------------------------------------------------------ Lightning hooks
+    # ------------------------------------------------------------ what the loggers get
 
-    def data_sources(self, trainer: Any, stage: str) -> list[shared.Source]:
-        """Test data only (``shared.sources_of_test_data``)."""
-        return shared.sources_of_test_data(self.dataloader, trainer, stage)
-
-    def run_stage(
-        self, trainer: Any, pl_module: nn.Module, stage: str, loader: Iterable[Any], source: str
-    ) -> None:
-        """Evaluate, log and store now (``StageHooks`` calls it at a chosen stage)."""
-        with gradients_on():  # test hooks run under inference mode
-            self.results = self.evaluate(pl_module, loader, device=pl_module.device)
-        shared.log_to_loggers(trainer, {LOG_PREFIX + k: v for k, v in self.results.items()
-                                        if "_acc" in k or k in _LOGGED})
-        log.info("adversarial robustness (%s, data: %s): %s", stage, source, self.results)
+    def logged(self, key: str, value: Any) -> bool:
+        return "_acc" in key or key in _LOGGED
 
     # ------------------------------------------------------------ the evaluation
 

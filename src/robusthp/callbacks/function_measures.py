@@ -50,7 +50,6 @@ from robusthp.function_measures import (
     weight_norm,
 )
 from robusthp.settings import FunctionSettings, integer, positive_number
-from robusthp.side_effects import gradients_on
 
 log = logging.getLogger(__name__)
 
@@ -58,10 +57,11 @@ LOG_PREFIX = "func/"
 _OWNER = "FunctionMeasures"
 
 
-class _FunctionMeasuresLogic(shared.StageHooks):
+class _FunctionMeasuresLogic(shared.TestDataEvaluation):
     """Lightning-free logic; ``FunctionMeasures`` adds the Callback bases."""
 
     owner, skip_key, _log = _OWNER, "function_skipped", log
+    log_prefix, title = LOG_PREFIX, "function measures"
 
     def __init__(
         self,
@@ -84,22 +84,10 @@ class _FunctionMeasuresLogic(shared.StageHooks):
         self.dataloader, self.seed, self.progress = dataloader, int(seed), bool(progress)
         self.results: dict[str, Any] = {}
 
-    # ------------------------------------------------------------ Lightning hooks
+    # ------------------------------------------------------------ what the loggers get
 
-    def data_sources(self, trainer: Any, stage: str) -> list[shared.Source]:
-        """Test data only (``shared.sources_of_test_data``)."""
-        return shared.sources_of_test_data(self.dataloader, trainer, stage)
-
-    def run_stage(
-        self, trainer: Any, pl_module: nn.Module, stage: str, loader: Iterable[Any], source: str
-    ) -> None:
-        """Measure, log and store now (``StageHooks`` calls it at a chosen stage)."""
-        with gradients_on():  # test hooks run under inference mode
-            self.results = self.evaluate(pl_module, loader, device=pl_module.device)
-        shared.log_to_loggers(trainer, {LOG_PREFIX + k: v for k, v in self.results.items()
-                                        if isinstance(v, (int, float))})
-        log.info("function measures (%s, data: %s): %s", stage, source,
-                 {k: v for k, v in self.results.items() if k != "lipschitz_layers"})
+    def summary(self) -> dict[str, Any]:
+        return {k: v for k, v in self.results.items() if k != "lipschitz_layers"}
 
     # ------------------------------------------------------------ the evaluation
 

@@ -74,10 +74,12 @@ DEFAULT_ANGLES: tuple[float, ...] = InvarianceSettings.angles
 DEFAULT_BATCH_SIZE: int | None = InvarianceSettings.batch_size
 
 
-class _InvarianceProfileLogic(shared.StageHooks):
+class _InvarianceProfileLogic(shared.TestDataEvaluation):
     """Lightning-free logic; ``InvarianceProfile`` adds the Callback bases."""
 
     owner, skip_key, _log = _OWNER, "invariance_skipped", log
+    log_prefix, title = LOG_PREFIX, "invariance profile"
+    needs_grad = False  # rotations only: no attack
 
     def __init__(
         self,
@@ -104,20 +106,10 @@ class _InvarianceProfileLogic(shared.StageHooks):
         self.dataloader, self.progress = dataloader, bool(progress)
         self.results: dict[str, Any] = {}
 
-    # ------------------------------------------------------------ Lightning hooks
+    # ------------------------------------------------------------ what the loggers get
 
-    def data_sources(self, trainer: Any, stage: str) -> list[shared.Source]:
-        """Test data only (``shared.sources_of_test_data``)."""
-        return shared.sources_of_test_data(self.dataloader, trainer, stage)
-
-    def run_stage(
-        self, trainer: Any, pl_module: nn.Module, stage: str, loader: Iterable[Any], source: str
-    ) -> None:
-        """Evaluate, log and store now (``StageHooks`` calls it at a chosen stage)."""
-        self.results = self.evaluate(pl_module, loader, device=pl_module.device)
-        shared.log_to_loggers(trainer, {LOG_PREFIX + k: v for k, v in self.results.items()
-                                        if "_acc@" in k})
-        log.info("invariance profile (%s, data: %s): %s", stage, source, self.results)
+    def logged(self, key: str, value: Any) -> bool:
+        return "_acc@" in key
 
     # ------------------------------------------------------------ the evaluation
 

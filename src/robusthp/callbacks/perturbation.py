@@ -62,7 +62,6 @@ from robusthp.callbacks import _lightning as shared
 from robusthp.callbacks.adversarial import _device_of
 from robusthp.catalog import MA2023_BUDGETS, perturbation_budgets
 from robusthp.settings import PerturbationSettings, boolean, eps_values, integer, positive_number
-from robusthp.side_effects import gradients_on
 
 log = logging.getLogger(__name__)
 
@@ -70,10 +69,11 @@ LOG_PREFIX = "pert/"
 _OWNER = "PerturbationRobustness"
 
 
-class _PerturbationRobustnessLogic(shared.StageHooks):
+class _PerturbationRobustnessLogic(shared.TestDataEvaluation):
     """Lightning-free logic; ``PerturbationRobustness`` adds the Callback bases."""
 
     owner, skip_key, _log = _OWNER, "perturbation_skipped", log
+    log_prefix, title = LOG_PREFIX, "perturbation robustness"
 
     def __init__(
         self,
@@ -111,21 +111,10 @@ class _PerturbationRobustnessLogic(shared.StageHooks):
         self.dataloader, self.progress = dataloader, bool(progress)
         self.results: dict[str, Any] = {}
 
-    # ------------------------------------------------------------ Lightning hooks
+    # ------------------------------------------------------------ what the loggers get
 
-    def data_sources(self, trainer: Any, stage: str) -> list[shared.Source]:
-        """Test data only (``shared.sources_of_test_data``)."""
-        return shared.sources_of_test_data(self.dataloader, trainer, stage)
-
-    def run_stage(
-        self, trainer: Any, pl_module: nn.Module, stage: str, loader: Iterable[Any], source: str
-    ) -> None:
-        """Evaluate, log and store now (``StageHooks`` calls it at a chosen stage)."""
-        with gradients_on():  # test hooks run under inference mode; PGD-L2 needs autograd
-            self.results = self.evaluate(pl_module, loader, device=pl_module.device)
-        shared.log_to_loggers(trainer, {LOG_PREFIX + k: v for k, v in self.results.items()
-                                        if "_acc" in k or k.startswith("band_drop@")})
-        log.info("perturbation robustness (%s, data: %s): %s", stage, source, self.results)
+    def logged(self, key: str, value: Any) -> bool:
+        return "_acc" in key or key.startswith("band_drop@")
 
     # ------------------------------------------------------------ the evaluation
 

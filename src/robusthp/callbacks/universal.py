@@ -77,7 +77,6 @@ from robusthp.settings import (
     integer,
     positive_number,
 )
-from robusthp.side_effects import gradients_on
 
 log = logging.getLogger(__name__)
 
@@ -95,10 +94,11 @@ DEFAULT_DELTA_DEGREES = UniversalSettings.delta_degrees  # the rotation tangents
 DEFAULT_BATCH_SIZE = UniversalSettings.batch_size
 
 
-class _UniversalPerturbationLogic(shared.StageHooks):
+class _UniversalPerturbationLogic(shared.TestDataEvaluation):
     """Lightning-free logic; ``UniversalPerturbation`` adds the Callback bases."""
 
     owner, skip_key, _log = _OWNER, "universal_skipped", log
+    log_prefix, title = LOG_PREFIX, "universal perturbation"
 
     def __init__(
         self,
@@ -130,21 +130,10 @@ class _UniversalPerturbationLogic(shared.StageHooks):
         self.results: dict[str, Any] = {}
         self.directions: dict[str, Tensor] = {}
 
-    # ------------------------------------------------------------ Lightning hooks
+    # ------------------------------------------------------------ what the loggers get
 
-    def data_sources(self, trainer: Any, stage: str) -> list[shared.Source]:
-        """Test data only (``shared.sources_of_test_data``)."""
-        return shared.sources_of_test_data(self.dataloader, trainer, stage)
-
-    def run_stage(
-        self, trainer: Any, pl_module: nn.Module, stage: str, loader: Iterable[Any], source: str
-    ) -> None:
-        """Evaluate, log and store now (``StageHooks`` calls it at a chosen stage)."""
-        with gradients_on():  # test hooks run under inference mode; the directions need autograd
-            self.results = self.evaluate(pl_module, loader, device=pl_module.device)
-        shared.log_to_loggers(trainer, {LOG_PREFIX + k: v for k, v in self.results.items()
-                                        if k.startswith(_LOGGED)})
-        log.info("universal perturbation (%s, data: %s): %s", stage, source, self.results)
+    def logged(self, key: str, value: Any) -> bool:
+        return key.startswith(_LOGGED)
 
     # ------------------------------------------------------------ the evaluation
 
