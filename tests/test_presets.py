@@ -31,7 +31,12 @@ def _one_step_settings(overrides, root):
     return replace(settings, data=data, train=replace(settings.train, checkpoint=False))
 
 
-@pytest.mark.parametrize("overrides", [[f"experiment={e}"] for e in EXPERIMENTS]
+# ResNet18's after-training measures (Lipschitz bound, L2 PGD, band noise) on the CPU: ~90 s
+_SLOW = {"optimizers_cifar10_resnet18"}
+
+
+@pytest.mark.parametrize("overrides", [pytest.param([f"experiment={e}"], marks=pytest.mark.slow)
+                                       if e in _SLOW else [f"experiment={e}"] for e in EXPERIMENTS]
                          + [[f"line={line}"] for line in LINES]
                          + [[f"regime={r}"] for r in ("sgd_ma2023", "adam", "rmsprop")]
                          + [["experiment=invariance_mnist_cpu", f"model={m}", "data.rotation=90",
