@@ -21,7 +21,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 run: $(VENV)/.installed
 	$(PY) -m robusthp.run experiment=quick
 
-# the paper's sweep at CPU scale (27 runs, ~10 min on 2 cores), then its table and figures
+# the paper's sweep at CPU scale (MNIST / M1, 27 runs, ~20 min on 2 cores), then its table and figures
 reduced: $(VENV)/.installed
 	$(PY) -m robusthp.run -m experiment=paper_reduced_cpu hydra/launcher=parallel
 	$(PY) -m robusthp.report outputs/sweeps/paper_reduced_cpu
