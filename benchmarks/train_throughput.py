@@ -6,9 +6,10 @@ path and times the second (the first warms up), interleaved so that background
 load hits both alike; the median over ``--repeats`` is reported, and the ratio is the median of the
 per-repeat (paired) ratios. Both paths then
 do the same arithmetic (checked: the final training loss agrees).
+Both in channels_last by default, the layout runs use on the CPU (``--nchw``: the other).
 Target (issue #2): >= 0.95x at batch 32.
 
-    python benchmarks/train_throughput.py [--samples 16384] [--threads 2]
+    python benchmarks/train_throughput.py [--samples 16384] [--threads 2] [--nchw]
 """
 
 from __future__ import annotations
@@ -114,8 +115,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--models", default="stdcnn,m1")
     parser.add_argument("--batch-sizes", default="32,256")
-    parser.add_argument("--channels-last", action="store_true", help="both paths in channels_last")
+    parser.add_argument("--nchw", action="store_true",
+                        help="both paths in NCHW (default: channels_last, as runs on the CPU: "
+                             "trainer.channels_last=auto)")
     args = parser.parse_args()
+    args.channels_last = not args.nchw
     if args.threads:
         torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, lightning {pl.__version__}, threads {torch.get_num_threads()}, "
