@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 ROBUSTHP_DATA_DIR ?= $(if $(wildcard ../shared/datasets),$(abspath ../shared/datasets),$(abspath data))
 export ROBUSTHP_DATA_DIR
 
-.PHONY: run reduced test test-all bench lint clean
+.PHONY: run reduced test test-all bench lint clean gpu-bundle
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -44,3 +44,16 @@ lint: $(VENV)/.installed
 
 clean:
 	rm -rf $(VENV) outputs/runs outputs/sweeps
+
+# what benchmarks/gpu_checks.sh needs on a lent GPU machine (Python 3.12, torch and Lightning
+# there, nothing fetched): the pure-Python wheels it lacks, at this venv's versions, and MNIST
+GPU_WHEELS = hydra-core omegaconf hydra-joblib-launcher PyHessian
+gpu-bundle: $(VENV)/.installed
+	rm -rf .gpu && mkdir -p .gpu/wheels
+	$(PY) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
+		--implementation cp --platform manylinux2014_x86_64 -d .gpu/wheels \
+		$$($(PY) -c "import importlib.metadata as m; print(' '.join(n + '==' + m.version(n) for n in '$(GPU_WHEELS)'.split()))")
+	$(PY) -m pip wheel -q --no-deps -w .gpu/wheels \
+		antlr4-python3-runtime==$$($(PY) -c "import importlib.metadata as m; print(m.version('antlr4-python3-runtime'))")
+	tar czf .gpu/mnist.tar.gz -C $(ROBUSTHP_DATA_DIR) MNIST
+	du -sh .gpu

@@ -11,7 +11,9 @@ Hessian-vector products over the same ``--num-samples`` images, two ways:
   images built once and kept across the products (the old path).
 
 Each configuration runs in a fresh subprocess. Peak memory: ``ru_maxrss`` after the run
-minus ``ru_maxrss`` after the model and data were made (the high-water mark the run added).
+minus ``ru_maxrss`` after the model and data were made (the high-water mark the run added);
+with ``--device cuda``, ``torch.cuda.max_memory_allocated`` minus the memory allocated
+after the model and data were made (the tensors the run added, on the GPU).
 Time: the whole call (graph building included); "per later HVP" is the mean time of the
 products after the first, the cost per product of a long run. The configurations
 alternate over ``--rounds`` rounds (machines shared with other jobs drift); the table
@@ -25,6 +27,8 @@ then a second ``grad``; what robusthp uses) and forward-over-reverse
     python benchmarks/hessian_memory.py                  # C1 and ResNet18, CPU, ~9 min
     python benchmarks/hessian_memory.py --models c1 --products 5 --rounds 2
     python benchmarks/hessian_memory.py --alternatives   # per-batch product, two ways
+    python benchmarks/hessian_memory.py --device cuda --models resnet18 --num-samples 4096 \
+        --products 3 --rounds 2                          # on a GPU (benchmarks/gpu_checks.sh)
 
 Defaults sized for ~10 minutes on 2 CPU cores: C1 3 HVPs x 2 rounds (an HVP of 1024
 images: ~10-14 s); ResNet18 1 HVP x 1 round (~150-210 s per HVP, and the all-at-once run
@@ -68,6 +72,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--backend", default="lanczos", choices=["lanczos", "pyhessian"])
     p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", help="cpu or cuda (peak memory: GPU allocations)")
     p.add_argument("--alternatives", action="store_true",
                    help="instead: double backward vs forward-over-reverse on one batch")
     p.add_argument("--alt-models", nargs="+", default=["c1", "resnet18"])
@@ -87,8 +92,25 @@ def per_model(values: list[str], model: str) -> int:
     raise SystemExit(f"no value for model {model!r} in {values}")
 
 
-def peak_mb() -> float:
+def peak_mb(device: str = "cpu") -> float:
+    """The process's high-water mark so far, MB: resident memory, or GPU allocations."""
+    if device.startswith("cuda"):
+        import torch
+
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def allocated_mb(device: str) -> float:
+    """What the run starts from: GPU memory in use now (CPU: the high-water mark so far)."""
+    if device.startswith("cuda"):
+        import torch
+
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        return torch.cuda.memory_allocated() / 2**20
+    return peak_mb(device)
 
 
 # --------------------------------------------------------------------------- in a subprocess
@@ -101,11 +123,11 @@ def make(model_name: str, args):
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    model = build_model(model_name, **CIFAR).eval()
+    model = build_model(model_name, **CIFAR).eval().to(args.device)
     g = torch.Generator().manual_seed(args.seed)
     x = torch.rand(args.num_samples, 3, 32, 32, generator=g)
     y = torch.randint(0, 10, (args.num_samples,), generator=g)
-    return model, x, y
+    return model, x.to(args.device), y.to(args.device)
 
 
 def worker_run(model_name: str, path: str, products: int, args) -> dict:
@@ -116,7 +138,7 @@ def worker_run(model_name: str, path: str, products: int, args) -> dict:
         batches = list(zip(x.split(args.batch_size), y.split(args.batch_size), strict=True))
     else:
         batches = [(x, y)]
-    base = peak_mb()
+    base = allocated_mb(args.device)
     stamps: list[float] = []
     start = time.perf_counter()
     res = top_eigenvalues(
@@ -124,9 +146,10 @@ def worker_run(model_name: str, path: str, products: int, args) -> dict:
         reuse_graph=path == "all-at-once",
         on_hvp=lambda _n: stamps.append(time.perf_counter() - start),
     )
+    peak = peak_mb(args.device)  # synchronizes a GPU first
     seconds = time.perf_counter() - start
     return {
-        "peak_mb": peak_mb() - base, "base_mb": base, "seconds": seconds,
+        "peak_mb": peak - base, "base_mb": base, "seconds": seconds,
         "stamps": stamps, "num_hvp": res.num_hvp, "top": res.top,
     }
 
@@ -142,7 +165,7 @@ def worker_alternative(model_name: str, method: str, reps: int, args) -> dict:
     named = dict(model.named_parameters())
     params = list(named.values())
     g = torch.Generator().manual_seed(args.seed + 1)
-    v = [torch.randn(p.shape, generator=g) for p in params]
+    v = [torch.randn(p.shape, generator=g).to(args.device) for p in params]
 
     def double_backward():
         loss = F.cross_entropy(model(x), y)
@@ -159,14 +182,16 @@ def worker_alternative(model_name: str, method: str, reps: int, args) -> dict:
         return list(jvp(grad(loss_of), (primals,), (tangents,))[1].values())
 
     fn = {"double-backward": double_backward, "fwd-over-rev": forward_over_reverse}[method]
-    base = peak_mb()
+    base = allocated_mb(args.device)
     times, check = [], 0.0
     for _ in range(reps):
         t = time.perf_counter()
         hv = fn()
+        if args.device.startswith("cuda"):
+            torch.cuda.synchronize()
         times.append(time.perf_counter() - t)
         check = sum(float((h.double() * u.double()).sum()) for h, u in zip(hv, v, strict=True))
-    return {"peak_mb": peak_mb() - base, "times": times, "vHv": check}
+    return {"peak_mb": peak_mb(args.device) - base, "times": times, "vHv": check}
 
 
 # --------------------------------------------------------------------------- driver
@@ -175,7 +200,8 @@ def worker_alternative(model_name: str, method: str, reps: int, args) -> dict:
 def spawn(args, *worker: str) -> dict:
     cmd = [sys.executable, __file__, "--worker", *worker,
            "--num-samples", str(args.num_samples), "--batch-size", str(args.batch_size),
-           "--backend", args.backend, "--threads", str(args.threads), "--seed", str(args.seed)]
+           "--backend", args.backend, "--threads", str(args.threads), "--seed", str(args.seed),
+           "--device", args.device]
     out = subprocess.run(cmd, capture_output=True, text=True)
     if out.returncode != 0:  # -9: most likely out of memory (all-at-once ResNet18: ~15 GB)
         raise SystemExit(f"worker {worker} failed ({out.returncode}):\n{out.stderr[-3000:]}")
@@ -227,7 +253,9 @@ def main() -> None:
     import torch
 
     start = time.perf_counter()
-    print(f"torch {torch.__version__}, {args.threads} thread(s), CPU; {args.num_samples} "
+    where = (torch.cuda.get_device_name(args.device) + " (peak MB: GPU allocations)"
+             if args.device.startswith("cuda") else "CPU (peak MB: resident memory)")
+    print(f"torch {torch.__version__}, {args.threads} thread(s), {where}; {args.num_samples} "
           f"CIFAR-shaped synthetic images; backend {args.backend}; bounded = batches of "
           f"{args.batch_size}, reuse_graph=False; all-at-once = one batch, reuse_graph=True")
     if args.alternatives:
