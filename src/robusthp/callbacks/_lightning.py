@@ -473,11 +473,12 @@ class EpochHistory:
     """The state of a callback that measures during a fit (``GradientStatistics``,
     ``RobustValidation``): its per-epoch history, time spent and results, saved in
     Lightning checkpoints so a resumed fit keeps them; a skip warns once per reason.
-    Subclasses set ``owner`` (the name in messages) and ``skip_key`` (the results key
-    saying why a measurement was skipped), and call ``_start_history``."""
+    Subclasses set ``owner`` (the name in messages), ``skip_key`` (the results key saying
+    why a measurement was skipped) and ``_log``, and call ``_start_history``."""
 
     owner: str
     skip_key: str
+    _log = log  # subclasses: their own module's logger, as in StageHooks
 
     def _start_history(self, *keys: str) -> None:
         self.results: dict[str, Any] = {}
@@ -496,7 +497,7 @@ class EpochHistory:
 
     def _skip(self, message: str, reason: str) -> None:
         if reason not in self._warned:  # once per reason, not every epoch
-            logging.getLogger(type(self).__module__).warning("%s: %s", self.owner, message)
+            self._log.warning("%s: %s", self.owner, message)
             self._warned.add(reason)
         self.results[self.skip_key] = reason
 

@@ -75,7 +75,7 @@ Batches = list[tuple[Tensor, Tensor]]
 class _GradientStatisticsLogic(shared.EpochHistory):
     """Lightning-free logic; ``GradientStatistics`` adds the Callback bases."""
 
-    owner, skip_key = _OWNER, "grad_stats_skipped"
+    owner, skip_key, _log = _OWNER, "grad_stats_skipped", log
 
     def __init__(
         self,

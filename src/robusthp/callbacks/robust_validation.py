@@ -70,7 +70,7 @@ Batches = list[tuple[Tensor, Tensor]]
 class _RobustValidationLogic(shared.EpochHistory):
     """Lightning-free logic; ``RobustValidation`` adds the Callback bases."""
 
-    owner, skip_key = _OWNER, "robust_val_skipped"
+    owner, skip_key, _log = _OWNER, "robust_val_skipped", log
 
     def __init__(
         self,
