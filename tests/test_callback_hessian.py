@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import csv
 import importlib
+import json
 import logging
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -13,7 +15,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from robusthp.callbacks import HessianEigenvalues
-from robusthp.hessian import top_eigenvalues
+from robusthp.hessian import hessian_density, hessian_trace, layer_top_eigenvalues, top_eigenvalues
 
 NAMESPACES = ["pytorch_lightning", "lightning.pytorch"]
 N_TRAIN, N_USED = 40, 24
@@ -325,3 +327,96 @@ def test_bad_split_is_one_line_naming_the_choices():
     with pytest.raises(ValueError) as err:
         HessianEigenvalues(split="val")
     assert str(err.value) == "HessianEigenvalues: split must be one of train, test, got 'val'"
+
+
+# ---------------------------------------------------------------------------- the spectrum
+
+SPECTRUM = {"trace": True, "trace_tol": 0.2, "trace_max_iter": 30, "density": True,
+            "density_vectors": 2, "density_iter": 5, "per_layer": True}
+
+
+def test_spectrum_is_off_by_default():
+    cb = HessianEigenvalues()
+    assert (cb.trace, cb.density, cb.per_layer) == (False, False, False)
+    assert (cb.trace_tol, cb.trace_max_iter, cb.density_vectors, cb.density_iter) == (
+        0.05, 100, 1, 100)
+
+
+@pytest.mark.parametrize("ns", NAMESPACES)
+def test_spectrum_results_logs_and_json(ns, tmp_path):
+    pl, Tiny, Data = make_classes(ns)
+    cb = HessianEigenvalues(backend="lanczos", num_samples=N_USED, progress=False, **SPECTRUM)
+    model = Tiny()
+    tr = trainer(pl, tmp_path, [cb])
+    tr.fit(model, datamodule=Data())
+    res = cb.results
+    json.loads(json.dumps(res, allow_nan=False))  # what results.json will hold
+    assert isinstance(res["hessian_eigs"], list)
+    x, y = tiny_data()
+    data = [(x[:N_USED], y[:N_USED])]
+    direct = hessian_trace(model, data, tol=0.2, max_iter=30)
+    assert res["hessian_trace"] == pytest.approx(direct.trace, rel=1e-6)
+    assert res["hessian_trace_se"] == pytest.approx(direct.se, rel=1e-6)
+    assert res["hessian_trace_num_hvp"] == direct.num_hvp
+    assert res["hessian_trace_converged"] is direct.converged
+    density = hessian_density(model, data, n_v=2, iter=5)
+    assert res["hessian_density"]["dim"] == density.dim
+    np.testing.assert_allclose(res["hessian_density"]["nodes"], density.nodes, rtol=1e-6)
+    np.testing.assert_allclose(res["hessian_density"]["weights"], density.weights, rtol=1e-6,
+                               atol=1e-12)
+    layers = layer_top_eigenvalues(model, data)
+    assert res["hessian_layer_top_eig"].keys() == layers.top_eig.keys() == {"net.0", "net.3"}
+    for name, value in layers.top_eig.items():
+        assert res["hessian_layer_top_eig"][name] == pytest.approx(value, rel=1e-4)
+    assert {"hessian_trace_time_s", "hessian_density_time_s", "hessian_layer_time_s",
+            "hessian_time_s"} <= res.keys()
+    metrics = logged(tr)
+    assert metrics["hessian/trace"] == pytest.approx(res["hessian_trace"], rel=1e-6)
+    assert metrics["hessian/trace_se"] == pytest.approx(res["hessian_trace_se"], rel=1e-6)
+    assert metrics["hessian/layer_top_eig/net.3"] == pytest.approx(
+        res["hessian_layer_top_eig"]["net.3"], rel=1e-6)
+
+
+def test_spectrum_keys_of_the_test_split_are_suffixed(tmp_path):
+    pl, Tiny, Data = make_split_classes("lightning.pytorch")
+    cb = HessianEigenvalues(backend="lanczos", num_samples=None, progress=False, split="test",
+                            **SPECTRUM)
+    tr = trainer(pl, tmp_path, [cb])
+    tr.fit(Tiny(), datamodule=Data())
+    res = cb.results
+    for key in ("hessian_trace", "hessian_trace_se", "hessian_trace_num_hvp", "hessian_density",
+                "hessian_layer_top_eig"):
+        assert f"{key}@test" in res and key not in res
+    assert {"hessian_trace@test_time_s", "hessian_density@test_time_s"} <= res.keys()
+    assert "hessian/trace@test" in logged(tr)
+
+
+def test_spectrum_settings_reach_the_callback():
+    from dataclasses import replace
+
+    from omegaconf import OmegaConf
+
+    from robusthp.config import settings_from_config
+    from robusthp.experiment import build_callbacks
+    from robusthp.settings import AdversarialSettings, HessianSettings
+
+    settings = settings_from_config(OmegaConf.create({"model": {"name": "stdcnn"},
+                                                      "regime": {"name": "lr"}}))
+    hessian = HessianSettings(trace=True, trace_tol=0.1, trace_max_iter=7, density=True,
+                              density_vectors=3, density_iter=9, per_layer=True)
+    settings = replace(settings, adversarial=AdversarialSettings(enabled=False), hessian=hessian)
+    (cb,) = [c for c in build_callbacks(settings) if isinstance(c, HessianEigenvalues)]
+    assert (cb.trace, cb.trace_tol, cb.trace_max_iter, cb.density, cb.density_vectors,
+            cb.density_iter, cb.per_layer) == (True, 0.1, 7, True, 3, 9, True)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"trace_tol": 0}, "trace_tol"), ({"trace_tol": float("inf")}, "trace_tol"),
+    ({"trace_tol": float("nan")}, "trace_tol"), ({"tol": float("inf")}, "tol"),
+    ({"trace_max_iter": 1}, "trace_max_iter"), ({"density_vectors": 0}, "density_vectors"),
+    ({"density_iter": 0}, "density_iter"), ({"trace": "yes"}, "trace"),
+    ({"per_layer": 1}, "per_layer"),
+])
+def test_bad_spectrum_construction(kwargs, match):
+    with pytest.raises(ValueError, match=f"HessianEigenvalues: {match}"):
+        HessianEigenvalues(**kwargs)

@@ -91,6 +91,9 @@ def build_callbacks(settings: RunSettings, on: str = "fit_end") -> list[pl.Callb
                 top_n=hes.top_n, backend=hes.backend, num_samples=hes.num_samples,
                 max_iter=hes.max_iter, tol=hes.tol, batch_size=hes.batch_size,
                 seed=settings.train.seed, progress=settings.train.progress_bar, split=hes.split, on=on,
+                trace=hes.trace, trace_tol=hes.trace_tol, trace_max_iter=hes.trace_max_iter,
+                density=hes.density, density_vectors=hes.density_vectors,
+                density_iter=hes.density_iter, per_layer=hes.per_layer,
             )
         )
     return callbacks + _study_callbacks(settings, on)

@@ -44,16 +44,24 @@ gradient graph of every batch alive across products: fewer backward passes per p
 memory growing with the number of samples (benchmarks/hessian_memory.py measures both).
 Lanczos also keeps one vector of the parameter count per iteration (``max_iter`` at most);
 its warm start briefly adds the kept graph of its subsample (at most 128 samples).
+
+Beyond the top eigenvalues, on the same products (``eval.hessian.trace``, ``.density``,
+``.per_layer``): ``hessian_trace`` (Hutchinson's estimator to a relative standard error),
+``hessian_density`` (the eigenvalue density by stochastic Lanczos quadrature, Ghorbani et al.
+arXiv 1901.10159, as PyHessian's ``hessian.density``; ``smoothed_density`` puts it on a
+grid) and ``layer_top_eigenvalues`` (the top eigenvalue of each module's diagonal block).
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import math
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -61,6 +69,7 @@ from torch import nn
 
 from robusthp.settings import HESSIAN_BACKENDS, HessianSettings
 from robusthp.side_effects import detached_copy, eval_mode, fp32, gradients_on, preserved_grads
+from robusthp.spectral_density import smoothed_density as smoothed_density  # torch-free
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -102,6 +111,11 @@ class HessianResult:
 # --------------------------------------------------------------------------- HVP machinery
 
 
+class NoCurvature(ValueError):
+    """The loss has no second derivative in the parameters asked for."""
+
+
+
 class _HVP:
     """Hessian-vector products of the size-weighted mean loss, on flat vectors.
 
@@ -130,11 +144,14 @@ class _HVP:
         loss_fn: LossFn,
         reuse_graph: bool,
         active: Vec | None = None,
+        params: Vec | None = None,
     ):
         self.model, self.batches, self.loss_fn = model, batches, loss_fn
         self.num_samples = sum(len(y) for _, y in batches)
         self.weights = [len(y) / self.num_samples for _, y in batches]
-        self.params = [p for p in model.parameters() if p.requires_grad]
+        # given: a diagonal block of the Hessian, the other parameters held fixed
+        self.params = [p for p in (model.parameters() if params is None else params)
+                       if p.requires_grad]
         if not self.params:
             raise ValueError("the model has no parameter with requires_grad=True")
         self.grads: list | None = None
@@ -148,7 +165,7 @@ class _HVP:
             active = [p for p, k in zip(self.params, keep, strict=True) if k]
         self.active = active
         if not self.active:
-            raise ValueError("the loss has no curvature in any parameter (no second derivative)")
+            raise NoCurvature("the loss has no curvature in any parameter (no second derivative)")
         if self.kept:  # per active parameter, its curved gradient or None
             curved = {id(p): g for p, g in zip(self.params, grads, strict=True) if _curved(g)}
             self.grads = [curved.get(id(p)) for p in self.active]
@@ -167,7 +184,8 @@ class _HVP:
             ys.append(y[:left])
             left -= len(xs[-1])
         head = [(torch.cat(xs), torch.cat(ys))]
-        return _HVP(self.model, head, self.loss_fn, reuse_graph=True, active=self.active)
+        return _HVP(self.model, head, self.loss_fn, reuse_graph=True, active=self.active,
+                    params=self.params)
 
     def _grads(self, params: Vec, batches: list[Batch], weights: list[float]) -> list:
         loss = sum(
@@ -643,3 +661,258 @@ def top_eigenvalues(
         residual_history=[float(r) for r in res_history],
     )
 
+
+
+# --------------------------------------------------------------------------- beyond the top
+#
+# The trace, the eigenvalue density and the top eigenvalue of each module's diagonal block,
+# on the same products as ``top_eigenvalues`` (same loss, data, modes and side-effect rules).
+# Random vectors come from a private generator seeded with ``seed``, never the global RNG.
+
+TRACE_MIN_ITER = 10  # vectors before the standard error is trusted enough to stop on
+
+
+@dataclass
+class TraceResult:
+    """What ``hessian_trace`` found.
+
+    trace: the mean of v^T H v over Rademacher vectors v; se: its standard error (sample
+    standard deviation / sqrt(num_hvp)); converged: se <= tol |trace|; samples: v^T H v per
+    vector, in draw order.
+    """
+
+    trace: float
+    se: float
+    num_hvp: int
+    converged: bool
+    seconds: float
+    samples: list[float] = field(default_factory=list)
+
+
+@dataclass
+class DensityResult:
+    """What ``hessian_density`` found: per start vector, the Gauss quadrature of its spectral
+    measure (nodes ascending, weights summing to 1), so sum_i w_i f(node_i) estimates
+    tr f(H) / dim. dim: the parameters with curvature (the Hessian's size). alphas, betas:
+    per vector, the Lanczos matrix T (diagonal, off-diagonal), from which ``truncated``
+    gives what fewer steps from the same start would have.
+    """
+
+    nodes: list[list[float]]
+    weights: list[list[float]]
+    dim: int
+    num_hvp: int
+    seconds: float
+    alphas: list[list[float]] = field(default_factory=list)
+    betas: list[list[float]] = field(default_factory=list)
+
+    def truncated(self, steps: int) -> tuple[list[list[float]], list[list[float]]]:
+        """(nodes, weights) of the first ``steps`` Lanczos steps of each vector: a run with
+        iter=steps and the same seed (restarts aside), without its products."""
+        out = [_quadrature(a[:steps], b[: steps - 1]) for a, b in zip(self.alphas, self.betas,
+                                                                        strict=True)]
+        return [n for n, _ in out], [w for _, w in out]
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-serialisable: what the callback records."""
+        return {"nodes": self.nodes, "weights": self.weights, "dim": self.dim}
+
+
+@dataclass
+class LayerResult:
+    """What ``layer_top_eigenvalues`` found, per block (module qualified name): the top
+    eigenvalue, its parameter count and whether Lanczos reached tol. Blocks without
+    curvature are left out. num_hvp: full-data block products, all blocks together."""
+
+    top_eig: dict[str, float]
+    num_params: dict[str, int]
+    converged: dict[str, bool]
+    num_hvp: int
+    seconds: float
+
+
+def _rademacher(dim: int, gen: torch.Generator) -> torch.Tensor:
+    """Entries +-1 (float64, CPU): the lowest-variance i.i.d. choice for Hutchinson's
+    estimator, and PyHessian's for both trace() and density()."""
+    return torch.randint(0, 2, (dim,), generator=gen, dtype=torch.float64).mul_(2).sub_(1)
+
+
+def _check_count(value: int, name: str, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+
+def _check_data(batches: Sequence) -> None:
+    if len(batches) == 0 or sum(len(y) for _, y in batches) == 0:
+        raise ValueError("no data: pass a non-empty sequence of (inputs, targets) batches")
+
+
+@contextlib.contextmanager
+def _prepared(model: nn.Module, batches: Sequence[Batch]) -> Iterator[list[Batch]]:
+    """The batches on the model's device, inside ``_hessian_context``."""
+    params = list(model.parameters())
+    if not params:
+        raise ValueError("the model has no parameters")
+    with _hessian_context(model):
+        yield _on_device(batches, params[0].device)
+
+
+def _mean_se(samples: list[float]) -> tuple[float, float]:
+    x = torch.tensor(samples, dtype=torch.float64)
+    se = float(x.std() / len(samples) ** 0.5) if len(samples) > 1 else float("inf")
+    return float(x.mean()), se
+
+
+def hessian_trace(
+    model: nn.Module,
+    batches: Sequence[Batch],
+    tol: float = HessianSettings.trace_tol,
+    max_iter: int = HessianSettings.trace_max_iter,
+    min_iter: int = TRACE_MIN_ITER,
+    seed: int = 0,
+    loss_fn: LossFn | None = None,
+    reuse_graph: bool = False,
+    on_hvp: Callable[[int], None] | None = None,
+) -> TraceResult:
+    """tr H by Hutchinson's estimator: the mean of v^T H v over Rademacher vectors v.
+
+    Stops once the standard error is at most ``tol`` times |mean| (after ``min_iter``
+    vectors: the sample standard deviation of a few is too rough to stop on), or after
+    ``max_iter`` vectors. Unlike PyHessian's ``trace()``, which stops when the running mean
+    changes by less than tol between two vectors (often after 2-3 of them), the rule bounds
+    the estimate's error. Vector k is the k-th ``_rademacher`` draw of a generator seeded with
+    ``seed``. Arguments otherwise as ``top_eigenvalues``.
+    """
+    if not (isinstance(tol, (int, float)) and not isinstance(tol, bool) and 0 < tol < math.inf):
+        raise ValueError(f"tol must be a finite number > 0, got {tol!r}")
+    _check_count(min_iter, "min_iter", 2)
+    _check_count(max_iter, "max_iter", min_iter)
+    _check_data(batches)
+    start = time.perf_counter()
+    samples: list[float] = []
+    with _prepared(model, batches) as data:
+        hvp = _HVP(model, data, loss_fn or F.cross_entropy, reuse_graph)
+        gen = torch.Generator().manual_seed(seed)
+        for _ in range(max_iter):
+            v = _rademacher(hvp.dim, gen).to(hvp.device, hvp.dtype)
+            samples.append(float(v @ hvp(v)))
+            if on_hvp is not None:
+                on_hvp(hvp.count)
+            mean, se = _mean_se(samples)
+            if len(samples) >= min_iter and se <= tol * abs(mean):
+                break
+        del hvp
+    mean, se = _mean_se(samples)
+    return TraceResult(trace=mean, se=se, num_hvp=len(samples), converged=se <= tol * abs(mean),
+                       seconds=time.perf_counter() - start, samples=samples)
+
+
+def _quadrature(alphas: list[float], betas: list[float]) -> tuple[list[float], list[float]]:
+    """Gauss quadrature of a Lanczos run: the Ritz values and the squared first components
+    of T's eigenvectors (Golub and Welsch)."""
+    theta, s = torch.linalg.eigh(_tridiagonal(alphas, betas))
+    return theta.tolist(), s[0].square().tolist()
+
+
+def hessian_density(
+    model: nn.Module,
+    batches: Sequence[Batch],
+    n_v: int = HessianSettings.density_vectors,
+    iter: int = HessianSettings.density_iter,  # noqa: A002 (PyHessian's density() name)
+    seed: int = 0,
+    loss_fn: LossFn | None = None,
+    reuse_graph: bool = False,
+    on_hvp: Callable[[int], None] | None = None,
+) -> DensityResult:
+    """The eigenvalue density of H by stochastic Lanczos quadrature (Ghorbani, Krishnan, Xiao,
+    arXiv 1901.10159), as PyHessian's ``hessian.density(iter, n_v)``.
+
+    Per start vector (a normalised Rademacher vector, the k-th ``_rademacher`` draw of a
+    generator seeded with ``seed``), ``iter`` Lanczos steps (at most dim), fully
+    re-orthogonalised as PyHessian's; the nodes and weights of the quadrature are T's
+    eigenvalues and the squared first components of its eigenvectors. With iter >= dim the
+    nodes are H's eigenvalues. A run that exhausts its Krylov space goes on from a random
+    vector orthogonal to it (as PyHessian), drawn from a second private generator, so the
+    start vectors do not depend on such restarts. ``smoothed_density`` turns the result into
+    a density on a grid. n_v * iter products in all.
+    """
+    _check_count(n_v, "n_v", 1)
+    _check_count(iter, "iter", 1)
+    _check_data(batches)
+    start = time.perf_counter()
+    nodes, weights, alphas, betas = [], [], [], []
+    with _prepared(model, batches) as data:
+        hvp = _HVP(model, data, loss_fn or F.cross_entropy, reuse_graph)
+        starts = torch.Generator().manual_seed(seed)
+        restarts = torch.Generator().manual_seed(seed + 1)
+        for _ in range(n_v):
+            v = _rademacher(hvp.dim, starts).to(hvp.device, hvp.dtype)
+            run = _lanczos(hvp, 1, iter, 0.0, restarts, on_hvp, v)  # tol 0: all iter steps
+            node, weight = _quadrature(run.alphas, run.betas)
+            nodes.append(node)
+            weights.append(weight)
+            alphas.append(run.alphas)
+            betas.append(run.betas)
+        dim, num_hvp = hvp.dim, hvp.count
+        del hvp, run
+    return DensityResult(nodes=nodes, weights=weights, dim=dim, num_hvp=num_hvp,
+                         seconds=time.perf_counter() - start, alphas=alphas, betas=betas)
+
+
+ROOT_BLOCK = "(model)"  # the block of parameters the model itself owns
+
+
+def parameter_blocks(model: nn.Module) -> dict[str, list[nn.Parameter]]:
+    """Per module owning parameters directly (``recurse=False``), by qualified name
+    (``ROOT_BLOCK`` for the model itself), its parameters with requires_grad: a Linear's
+    or Conv's weight and bias, a BatchNorm's scale and shift. A shared parameter is in its
+    first owner's block only."""
+    blocks: dict[str, list[nn.Parameter]] = {}
+    seen: set[int] = set()
+    for name, module in model.named_modules():
+        own = [p for p in module.parameters(recurse=False) if p.requires_grad and id(p) not in seen]
+        seen.update(id(p) for p in own)
+        if own:
+            blocks[name or ROOT_BLOCK] = own
+    return blocks
+
+
+def layer_top_eigenvalues(
+    model: nn.Module,
+    batches: Sequence[Batch],
+    max_iter: int = HessianSettings.max_iter,
+    tol: float = HessianSettings.tol,
+    seed: int = 0,
+    loss_fn: LossFn | None = None,
+    reuse_graph: bool = False,
+    on_hvp: Callable[[int], None] | None = None,
+    warm_start: bool = True,
+) -> LayerResult:
+    """Per block of ``parameter_blocks``, the top (algebraically largest) eigenvalue of the
+    Hessian restricted to it (its diagonal block H_BB: the curvature along that module's
+    parameters with the others held fixed), by Lanczos on the block's products, as
+    ``top_eigenvalues(backend="lanczos")`` (warm start, stopping rule, tol, max_iter).
+    on_hvp: the running count of full-data block products over all blocks.
+    """
+    _check(1, max_iter, tol, "lanczos", batches)
+    loss_fn = loss_fn or F.cross_entropy
+    start = time.perf_counter()
+    out = LayerResult({}, {}, {}, 0, 0.0)
+    with _prepared(model, batches) as data:
+        for name, params in parameter_blocks(model).items():
+            try:
+                hvp = _HVP(model, data, loss_fn, reuse_graph, params=params)
+            except NoCurvature:
+                continue  # e.g. a module the loss does not use
+            done = out.num_hvp
+            count = None if on_hvp is None else (lambda n, done=done: on_hvp(done + n))
+            gen = torch.Generator().manual_seed(seed)
+            start_vec, _ = _warm_start(hvp, 1, gen) if warm_start else (None, 0)
+            run = _lanczos(hvp, 1, max_iter, tol, gen, count, start_vec)
+            out.top_eig[name] = float(run.theta[0])
+            out.num_params[name] = hvp.dim
+            out.converged[name] = run.res[0] < tol
+            out.num_hvp += hvp.count
+            del hvp, run  # this block's kept graph, if any, before the next one's
+    out.seconds = time.perf_counter() - start
+    return out

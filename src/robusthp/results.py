@@ -33,6 +33,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from robusthp.settings import HESSIAN_SPECTRUM_KEYS, AdversarialSettings, HessianSettings
+
 SCHEMA_VERSION = 1
 RESULTS_FILE = "results.json"
 STATUSES = ("ok", "diverged", "failed")
@@ -107,9 +109,13 @@ def flatten(config: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-NEUTRAL_VALUES = {"data.rotation": 0.0}
+NEUTRAL_VALUES = {"data.rotation": 0.0,
+                  "eval.adversarial.pgd_restarts": AdversarialSettings.pgd_restarts,
+                  **{f"eval.hessian.{k}": getattr(HessianSettings, k) for k in HESSIAN_SPECTRUM_KEYS}}
 """Keys added after runs were recorded, with the value that does what those runs did (no
-rotation): a config at that value is the same run as one recorded without the key."""
+rotation; one PGD run per point; no Hessian spectrum beyond the top eigenvalues, whose switches are off and whose
+parameters mean nothing then): a config at that value is the same run as one recorded
+without the key."""
 
 NEUTRAL_SECTIONS = {"adv_train": ("method", "none")}
 """Sections added after runs were recorded, with the (key, value) that switches them off

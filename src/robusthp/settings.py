@@ -66,6 +66,14 @@ def optional_positive_number(value: Any, key: str) -> float | None:
     return None if value is None else positive_number(value, key)
 
 
+def tolerance(value: Any, key: str) -> float:
+    """A finite number > 0: an infinite tolerance would stop an iteration before it starts."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+            or not value > 0:
+        raise ValueError(f"{key} must be a finite number > 0, got {value!r}")
+    return float(value)
+
+
 def boolean(value: Any, key: str) -> bool:
     if not isinstance(value, bool):
         raise ValueError(f"{key} must be true or false, got {value!r}")
@@ -298,6 +306,9 @@ class AdversarialSettings(Checked):
 
 HESSIAN_BACKENDS = ("pyhessian", "lanczos")
 HESSIAN_SPLITS = ("train", "test")
+# HessianSettings' fields beyond the top eigenvalues (added after runs were recorded)
+HESSIAN_SPECTRUM_KEYS = ("trace", "trace_tol", "trace_max_iter", "density", "density_vectors",
+                         "density_iter", "per_layer")
 
 
 @dataclass(frozen=True)
@@ -313,11 +324,23 @@ class HessianSettings(Checked):
     # (arXiv 1912.07145) find the top eigenvalue stable from about 4096 points on
     num_samples: int | None = setting(4096, "eval.hessian.num_samples", integer(1, optional=True))
     max_iter: int = setting(100, "eval.hessian.max_iter", integer(1))
-    tol: float = setting(1e-3, "eval.hessian.tol", positive_number)  # relative
+    tol: float = setting(1e-3, "eval.hessian.tol", tolerance)  # relative
     batch_size: int | None = setting(1024, "eval.hessian.batch_size", integer(1, optional=True))
     # the loss whose curvature is measured: the training split (default, as the paper's "loss
     # landscape of training") or the test split (as HessianFlow's code); recorded in results
     split: str = setting("train", "eval.hessian.split", one_of(*HESSIAN_SPLITS))
+    # Beyond the top eigenvalue (robusthp.hessian), each off by default (extra products).
+    # The trace by Hutchinson's estimator, run until its standard error is trace_tol of it
+    trace: bool = setting(False, "eval.hessian.trace", boolean)
+    trace_tol: float = setting(0.05, "eval.hessian.trace_tol", tolerance)  # relative
+    trace_max_iter: int = setting(100, "eval.hessian.trace_max_iter", integer(2))
+    # the eigenvalue density by stochastic Lanczos quadrature (Ghorbani et al. 2019):
+    # density_vectors start vectors, density_iter Lanczos steps each
+    density: bool = setting(False, "eval.hessian.density", boolean)
+    density_vectors: int = setting(1, "eval.hessian.density_vectors", integer(1))
+    density_iter: int = setting(100, "eval.hessian.density_iter", integer(1))
+    # the top eigenvalue of each module's diagonal block (Lanczos, to max_iter and tol)
+    per_layer: bool = setting(False, "eval.hessian.per_layer", boolean)
 
 
 def optional_eps_values(value: Any, key: str) -> tuple[float, ...] | None:

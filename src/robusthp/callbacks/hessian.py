@@ -29,8 +29,15 @@ from typing import Any
 import torch
 
 from robusthp.callbacks import _lightning as shared
-from robusthp.hessian import HessianResult, backends, top_eigenvalues
-from robusthp.settings import HESSIAN_SPLITS, HessianSettings, integer, one_of, positive_number
+from robusthp.hessian import (
+    HessianResult,
+    backends,
+    hessian_density,
+    hessian_trace,
+    layer_top_eigenvalues,
+    top_eigenvalues,
+)
+from robusthp.settings import HESSIAN_SPLITS, HessianSettings, boolean, integer, one_of, tolerance
 
 log = logging.getLogger(__name__)
 
@@ -94,12 +101,27 @@ class _HessianLogic(shared.StageHooks):
             CIFAR images: 0.17x the peak memory, 1.3x the time per product;
             benchmarks/hessian_memory.py). True: keep the graph of all ``num_samples``
             samples across products (faster when it fits in memory).
+        trace: also tr H by Hutchinson's estimator (``robusthp.hessian.hessian_trace``) on
+            the same samples, until its standard error is ``trace_tol`` of it (relative,
+            default 0.05) or ``trace_max_iter`` vectors (default 100).
+        density: also the eigenvalue density by stochastic Lanczos quadrature
+            (``hessian_density``, Ghorbani et al. 2019): ``density_vectors`` start vectors
+            of ``density_iter`` Lanczos steps each (PyHessian's defaults, 1 and 100).
+        per_layer: also the top eigenvalue of each module's diagonal Hessian block
+            (``layer_top_eigenvalues``: Lanczos to ``max_iter`` and ``tol``).
 
     Defaults are ``robusthp.settings.HessianSettings``'. The LightningModule's
     ``forward(x)`` must return logits. Logs ``hessian/top_eig``, ``hessian/eig_1..top_n``,
     ``hessian/num_hvp`` and ``hessian/seconds`` to the trainer's loggers, and keeps
-    ``self.results`` (hessian_top_eig, hessian_eigs, hessian_backend, hessian_num_hvp,
-    hessian_converged, hessian_time_s, hessian_num_samples, hessian_split; each suffixed
+    ``self.results`` (hessian_top_eig, hessian_eigs (a list), hessian_backend,
+    hessian_num_hvp, hessian_converged, hessian_time_s, hessian_num_samples, hessian_split;
+    with ``trace``: hessian_trace, hessian_trace_se, hessian_trace_num_hvp,
+    hessian_trace_converged, hessian_trace_time_s, logged as ``hessian/trace`` and
+    ``hessian/trace_se``; with ``density``: hessian_density, a dict of per-vector "nodes"
+    and "weights" lists and "dim" (``robusthp.hessian.smoothed_density`` draws it),
+    hessian_density_num_hvp, hessian_density_time_s; with ``per_layer``:
+    hessian_layer_top_eig, a dict module name -> value, logged as
+    ``hessian/layer_top_eig/<name>``, hessian_layer_num_hvp, hessian_layer_time_s; each suffixed
     ``@test`` with split="test", the time as ``hessian@test_time_s``). Computed on global
     rank zero only; an interrupted fit is not measured, nor is a diverged model (its
     ``diverged`` attribute or non-finite parameters: one warning, ``results ==
@@ -125,6 +147,13 @@ class _HessianLogic(shared.StageHooks):
         loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
         reuse_graph: bool = False,
         split: str = HessianSettings.split,
+        trace: bool = HessianSettings.trace,
+        trace_tol: float = HessianSettings.trace_tol,
+        trace_max_iter: int = HessianSettings.trace_max_iter,
+        density: bool = HessianSettings.density,
+        density_vectors: int = HessianSettings.density_vectors,
+        density_iter: int = HessianSettings.density_iter,
+        per_layer: bool = HessianSettings.per_layer,
     ):
         super().__init__()
         if backend not in backends():
@@ -133,7 +162,17 @@ class _HessianLogic(shared.StageHooks):
             )
         self.top_n = shared.check_value(_OWNER, integer(1), top_n, "top_n")
         self.max_iter = shared.check_value(_OWNER, integer(1), max_iter, "max_iter")
-        self.tol = shared.check_value(_OWNER, positive_number, tol, "tol")
+        self.tol = shared.check_value(_OWNER, tolerance, tol, "tol")
+        self.trace, self.density, self.per_layer = (
+            shared.check_value(_OWNER, boolean, value, name)
+            for value, name in ((trace, "trace"), (density, "density"), (per_layer, "per_layer"))
+        )
+        self.trace_tol = shared.check_value(_OWNER, tolerance, trace_tol, "trace_tol")
+        self.trace_max_iter = shared.check_value(
+            _OWNER, integer(2), trace_max_iter, "trace_max_iter")
+        self.density_vectors = shared.check_value(
+            _OWNER, integer(1), density_vectors, "density_vectors")
+        self.density_iter = shared.check_value(_OWNER, integer(1), density_iter, "density_iter")
         self.on, self.num_samples, self.batch_size, self.batch_to_xy = shared.check_common(
             _OWNER, on=on, num_samples=num_samples, batch_size=batch_size, batch_to_xy=batch_to_xy
         )
@@ -194,6 +233,8 @@ class _HessianLogic(shared.StageHooks):
         metrics = {"hessian/top_eig": result.top}
         metrics.update({f"hessian/eig_{k}": v for k, v in enumerate(result.eigenvalues, 1)})
         metrics.update({"hessian/num_hvp": result.num_hvp, "hessian/seconds": result.seconds})
+        spectrum, more, timings = self._spectrum(pl_module, batches)
+        metrics.update(more)
         shared.log_to_loggers(trainer, {k + self.suffix: v for k, v in metrics.items()})
         results = {
             "hessian_top_eig": result.top,
@@ -204,9 +245,10 @@ class _HessianLogic(shared.StageHooks):
             "hessian_num_samples": num_samples,
             "hessian_split": self.split,
         }
-        self.results = {k + self.suffix: v for k, v in results.items()}
-        # a timing (``*_time_s``: robusthp's results.json keeps it in timings_s, not metrics)
-        self.results[f"hessian{self.suffix}_time_s"] = result.seconds
+        self.results = {k + self.suffix: v for k, v in {**results, **spectrum}.items()}
+        # timings (``*_time_s``: robusthp's results.json keeps them in timings_s, not metrics)
+        timings["hessian"] = result.seconds
+        self.results.update({f"{k}{self.suffix}_time_s": v for k, v in timings.items()})
         if not result.converged:
             log.warning(
                 "HessianEigenvalues: %s (%s split) did not reach tol=%g in max_iter=%d "
@@ -229,6 +271,46 @@ class _HessianLogic(shared.StageHooks):
                 result.seconds,
             )
         return result
+
+    def _spectrum(self, pl_module: torch.nn.Module, batches) -> tuple[dict, dict, dict]:
+        """(results, logger metrics, timings) of what is switched on beyond the top
+        eigenvalue, on the same samples."""
+        results: dict[str, Any] = {}
+        metrics: dict[str, float] = {}
+        timings: dict[str, float] = {}
+        common = {"seed": self.seed, "loss_fn": self.loss_fn, "reuse_graph": self.reuse_graph}
+        if self.trace:
+            with shared.progress_bar(self.progress, "Hessian trace, HVPs") as progress:
+                tr = hessian_trace(pl_module, batches, tol=self.trace_tol,
+                                   max_iter=self.trace_max_iter,
+                                   on_hvp=lambda n: progress(n, None), **common)
+            results.update({"hessian_trace": tr.trace, "hessian_trace_se": tr.se,
+                            "hessian_trace_num_hvp": tr.num_hvp,
+                            "hessian_trace_converged": tr.converged})
+            metrics.update({"hessian/trace": tr.trace, "hessian/trace_se": tr.se})
+            timings["hessian_trace"] = tr.seconds
+            if not tr.converged:
+                log.warning("HessianEigenvalues: the trace's standard error is %.3g of it after "
+                            "trace_max_iter=%d vectors (trace_tol=%g)",
+                            tr.se / abs(tr.trace) if tr.trace else float("inf"),
+                            tr.num_hvp, self.trace_tol)
+        if self.density:
+            with shared.progress_bar(self.progress, "Hessian density, HVPs") as progress:
+                de = hessian_density(pl_module, batches, n_v=self.density_vectors,
+                                     iter=self.density_iter, on_hvp=lambda n: progress(n, None),
+                                     **common)
+            results.update({"hessian_density": de.as_dict(), "hessian_density_num_hvp": de.num_hvp})
+            timings["hessian_density"] = de.seconds
+        if self.per_layer:
+            with shared.progress_bar(self.progress, "Hessian per layer, HVPs") as progress:
+                layers = layer_top_eigenvalues(pl_module, batches, max_iter=self.max_iter,
+                                               tol=self.tol, on_hvp=lambda n: progress(n, None),
+                                               **common)
+            results.update({"hessian_layer_top_eig": dict(layers.top_eig),
+                            "hessian_layer_num_hvp": layers.num_hvp})
+            metrics.update({f"hessian/layer_top_eig/{k}": v for k, v in layers.top_eig.items()})
+            timings["hessian_layer"] = layers.seconds
+        return results, metrics, timings
 
     def _compute(self, pl_module: torch.nn.Module, batches) -> HessianResult:
         with shared.progress_bar(self.progress, f"Hessian ({self.backend}), HVPs") as progress:
