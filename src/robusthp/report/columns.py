@@ -38,6 +38,7 @@ READINGS = {"": "pixel", "norm": "normalized"}  # key suffix -> eps reading, in 
 MIN_EPS_METRICS = ("median_min_eps", "min_eps_auc", "min_eps_above_max")  # numeric, summarized
 MIN_EPS_SETTINGS = ("min_eps_max", "min_eps_space")  # per run, written but not summarized
 TEST_SPLIT_METRICS = ("hessian_top_eig@test",)  # eval.hessian.split=test
+TRACE_METRICS = ("hessian_trace", "hessian_trace@test")  # eval.hessian.trace=true
 HESSIAN_FLAGS = ("hessian_converged", "hessian_converged@test")
 FLAGS = (*HESSIAN_FLAGS, "untrained")  # boolean columns; "untrained" is the report's own
 PERTURBATION_CLEAN = "perturbation_clean_acc"  # clean accuracy on the perturbation's points
@@ -146,7 +147,8 @@ def band_drop_keys(keys: Iterable[str]) -> list[str]:
 def is_extra(key: str) -> bool:
     """A metrics key the table keeps besides the fixed ones (see :func:`extra_columns`)."""
     return (parse_acc_key(key) is not None or key in MIN_EPS_METRICS or key in MIN_EPS_SETTINGS
-            or key in TEST_SPLIT_METRICS or key in HESSIAN_FLAGS or key in STUDY_METRICS
+            or key in TEST_SPLIT_METRICS or key in TRACE_METRICS or key in HESSIAN_FLAGS
+            or key in STUDY_METRICS
             or key in STUDY_SETTINGS or _BAND_DROP.match(key) is not None
             or key in INVARIANCE_SETTINGS or key == UNIVERSAL_INVARIANT_SV
             or parse_universal_key(key) is not None)
@@ -155,7 +157,8 @@ def is_extra(key: str) -> bool:
 def extra_columns(columns: Iterable[str]) -> list[str]:
     """The extra columns among ``columns``, in results.csv order."""
     columns = list(columns)
-    before = [*MIN_EPS_METRICS, *MIN_EPS_SETTINGS, *TEST_SPLIT_METRICS, PERTURBATION_CLEAN]
+    before = [*MIN_EPS_METRICS, *MIN_EPS_SETTINGS, *TEST_SPLIT_METRICS, *TRACE_METRICS,
+              PERTURBATION_CLEAN]
     return ([k.key for k in acc_keys(columns)] + [c for c in before if c in columns]
             + band_drop_keys(columns) + [c for c in FUNCTION_METRICS if c in columns]
             + universal_keys(columns)
@@ -171,8 +174,9 @@ def extra_metrics(columns: Iterable[str]) -> list[str]:
 
 def converged_flag(metric: str) -> str | None:
     """The convergence flag of a Hessian metric (``hessian_top_eig@test`` ->
-    ``hessian_converged@test``); None for a metric without one."""
-    if not metric.startswith("hessian_"):
+    ``hessian_converged@test``); None for a metric without one (the trace: an estimate short
+    of its tolerance is still unbiased, only noisier, and the flag is the eigenvalues')."""
+    if not metric.startswith("hessian_") or metric in TRACE_METRICS:
         return None
     _, at, split = metric.partition("@")
     return "hessian_converged" + (at + split)

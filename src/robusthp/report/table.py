@@ -29,7 +29,8 @@ UNREADABLE = "unreadable"  # status given to a results.json that cannot be parse
 GROUP_KEYS = ("dataset", "model", "regime", "momentum", "batch_size", "lr", "epochs", "rotation",
               "adv_train")
 """A cell of the sweep: every setting except the seed."""
-IN_MEMORY = ("error", "pgd_steps", "min_eps_curve", "untrained", "untrained_threshold")
+IN_MEMORY = ("error", "pgd_steps", "min_eps_curve", "hessian_density", "untrained",
+             "untrained_threshold")
 """Columns of :func:`collect` that results.csv does not hold (``untrained`` only when set)."""
 _INT_COLUMNS = ("batch_size", "seed", "epochs")
 _FLOAT_COLUMNS = ("momentum", "lr", "rotation", *METRICS, "wall_time_s", "pgd_steps")
@@ -40,8 +41,8 @@ def collect(dirs: Iterable[str | os.PathLike], *,
     """One row per ``results.json`` found under ``dirs``.
 
     Columns: :data:`COLUMNS`, the extra keys any run has (:func:`csv_columns`), then
-    ``error``, ``pgd_steps`` (from the run's config), ``min_eps_curve`` (dicts, when
-    recorded), ``untrained`` and ``untrained_threshold`` (see
+    ``error``, ``pgd_steps`` (from the run's config), ``min_eps_curve`` and
+    ``hessian_density`` (dicts, when recorded), ``untrained`` and ``untrained_threshold`` (see
     :func:`~robusthp.report.flags.mark_untrained`, with ``untrained_margin``). Raises
     ``FileNotFoundError`` naming the first dir that does not exist. A file that cannot be
     parsed becomes a row with status ``"unreadable"``; it is never skipped. Rows are sorted
@@ -53,7 +54,7 @@ def collect(dirs: Iterable[str | os.PathLike], *,
             raise FileNotFoundError(f"sweep dir not found: {d}")
     rows = [_row(path) for path in find_results(*dirs)]
     extras = extra_columns({k for row in rows for k in row})
-    columns = [*COLUMNS, *extras, "error", "pgd_steps", "min_eps_curve"]
+    columns = [*COLUMNS, *extras, "error", "pgd_steps", "min_eps_curve", "hessian_density"]
     return _typed(pd.DataFrame(rows, columns=columns), untrained_margin)
 
 
@@ -69,6 +70,7 @@ def _row(path: Path) -> dict[str, Any]:
     row |= {k: v for k, v in metrics.items() if is_extra(k)}
     row |= {"status": data.get("status"), "wall_time_s": data.get("wall_time_s"),
             "error": data.get("error"), "min_eps_curve": metrics.get("min_eps_curve"),
+            "hessian_density": metrics.get("hessian_density"),
             "pgd_steps": _pgd_steps(data, used)}
     return row
 
@@ -122,14 +124,15 @@ def read_table(path: str | os.PathLike, *,
     """Read a ``results.csv`` written by :func:`~robusthp.report.write_report` back, same dtypes.
 
     ``untrained`` is recomputed from the accuracies with ``untrained_margin``;
-    ``min_eps_curve`` is not in the CSV (robustness curves are drawn from :func:`collect`).
+    ``min_eps_curve`` and ``hessian_density`` are not in the CSV (their figures are drawn
+    from :func:`collect`).
     """
     df = pd.read_csv(path, dtype={"dataset": str, "model": str, "regime": str, "status": str,
                                   "run_dir": str})
     missing = [c for c in COLUMNS if c not in df.columns]
     if missing:
         raise ValueError(f"{path} is not a robusthp results table: missing columns {missing}")
-    for col in ("error", "pgd_steps", "min_eps_curve"):
+    for col in ("error", "pgd_steps", "min_eps_curve", "hessian_density"):
         if col not in df.columns:
             df[col] = None
     return _typed(df, untrained_margin)

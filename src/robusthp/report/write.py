@@ -15,7 +15,9 @@ exist) and ``invariance.csv``. Each (dataset, model) in the adversarial-training
 (:mod:`~robusthp.report.adv_training`: two or more methods, one adversarial) adds
 ``<dataset>_<model>_adv_training.png``, ``<dataset>_<model>_adv_training_epochs.png`` (each
 when its data exist) and ``adv_training.csv``; its batch-size and momentum figures draw the
-natural runs only (:func:`~robusthp.report.figures.natural_runs`).
+natural runs only (:func:`~robusthp.report.figures.natural_runs`). Runs that recorded the
+Hessian's density or trace add ``<dataset>_<model>_hessian_density.png`` and
+``<dataset>_<model>_hessian_trace.png`` (:mod:`~robusthp.report.spectrum`).
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from robusthp.report.flags import DEFAULT_UNTRAINED_MARGIN, untrained
 from robusthp.report.invariance import invariance_datasets, invariance_figures, invariance_table
 from robusthp.report.names import regime_order, sweeps_momentum
 from robusthp.report.optimizers import optimizer_figure_names, optimizer_figures, optimizer_table
+from robusthp.report.spectrum import spectrum_figures
 from robusthp.report.stats import summarize, trend_table
 from robusthp.report.table import collect, csv_columns
 from robusthp.report.xaxis import NoNoiseScale, get_x_axis, noise_scale
@@ -136,6 +139,7 @@ def _figures(df: pd.DataFrame, momenta, spread: str, x: str) -> Iterator[tuple[s
         yield name, fig
     for dataset, model in curve_figure_names(df):
         yield f"{dataset}_{model}_robustness_curves.png", plot_robustness_curves(df, dataset, model)
+    yield from spectrum_figures(df, spread, x)
     for dataset, model in optimizer_figure_names(df):
         yield from optimizer_figures(df, dataset, model)
     for dataset in invariance_datasets(df):
