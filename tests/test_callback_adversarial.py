@@ -274,8 +274,10 @@ def test_evaluate_without_a_trainer():
     loader = DataLoader(TensorDataset(*synthetic(40, seed=2)), batch_size=16)
     results = cb.evaluate(Net().net, loader)
     primary = f"fgsm_acc@{cb.eps[0]:g}"  # every eps also under its own key
-    assert set(results) == {"clean_acc", "fgsm_acc", primary, "adversarial_eps",
+    worst = f"worst_acc@{cb.eps[0]:g}"  # one attack: its own accuracy is the worst case
+    assert set(results) == {"clean_acc", "fgsm_acc", primary, "worst_acc", worst, "adversarial_eps",
                             "adversarial_num_samples", "adversarial_time_s"}
+    assert results[worst] == results["fgsm_acc"]
     assert results[primary] == results["fgsm_acc"]
     assert results["adversarial_num_samples"] == 40
 
@@ -292,7 +294,7 @@ def test_evaluate_without_a_trainer():
         ({"eps": 0.1, "attacks": ("fgsm", "cw")}, ValueError, "unknown attack 'cw'; valid: autoattack, band, "
                                                                "fgsm, gaussian, pgd, pgd_l2"),
         ({"eps": 0.1, "attacks": ("fgsm", "gaussian")}, ValueError,
-         "attack 'gaussian' is not an L-inf attack; valid: fgsm, pgd"),
+         "attack 'gaussian' is not an L-inf attack; valid: fgsm, pgd, autoattack"),
         ({"eps": 0.1, "attacks": ()}, ValueError, "at least one"),
         ({"eps": 0.1, "on": ("fit_end", "validation_end")}, ValueError, "valid: fit_end, test_end"),
         ({"eps": 0.1, "num_samples": 0}, ValueError, "num_samples"),

@@ -29,11 +29,13 @@ The code, by job (every name is imported from ``robusthp.attacks``, the public p
 - ``l2``: ``pgd_l2``, PGD in the L2 ball (torchattacks ``PGDL2``'s arithmetic).
 - ``noise``: ``gaussian_noise`` and ``band_noise`` (Ma et al. 2023's random perturbations,
   the attacks' call shape), ``dct_matrix`` and ``radial_bands``.
-- ``autoattack``: ``autoattack``, torchattacks' AutoAttack (a lazy import) with the global
-  RNG, ``.grad`` and train/eval flags restored.
+- ``autoattack``: ``autoattack``, AutoAttack at the reference implementation's settings
+  from torchattacks' sub-attacks (a lazy import), with the global RNG, ``.grad`` and
+  train/eval flags restored; an L-inf box per channel too.
 - ``accuracy``: the registry of attacks and perturbations by name (``ATTACKS``: fgsm, pgd,
   pgd_l2, gaussian, band, autoattack; ``register_attack``, ``get_attack``, ``bind``) and
-  ``robust_accuracy`` over all evaluated points (``acc_key``).
+  ``robust_accuracy`` over all evaluated points (``acc_key``), from per-point
+  ``correct_masks``; ``worst_case``: robust only if every attack at an eps failed.
 - ``minimal``: ``minimal_eps`` / ``minimal_adversarial`` (the per-example minimal eps*),
   ``robustness_curve`` and ``min_eps_summary``.
 - ``deepfool``: ``deepfool`` / ``deepfool_perturbation``, L2 DeepFool (a minimal
@@ -61,11 +63,14 @@ from robusthp.attacks.accuracy import (  # noqa: F401
     ATTACKS,
     AttackFn,
     acc_key,
+    accuracies,
     attack_names,
     bind,
+    correct_masks,
     get_attack,
     register_attack,
     robust_accuracy,
+    worst_case,
 )
 from robusthp.attacks.auto_attack import autoattack
 from robusthp.attacks.deepfool import deepfool, deepfool_perturbation
@@ -88,6 +93,7 @@ from robusthp.attacks.minimal import (  # noqa: F401
     MIN_EPS_SWEEP_STEPS,
     PROBE_COARSE_ALPHA,
     PROBE_FINE_ALPHA,
+    bounded_by_attacks,
     min_eps_summary,
     minimal_adversarial,
     minimal_eps,
@@ -111,10 +117,13 @@ __all__ = [
     "attack_names",
     "AttackWarning",
     "acc_key",
+    "accuracies",
     "autoattack",
     "band_noise",
     "bind",
+    "bounded_by_attacks",
     "check_attack_args",
+    "correct_masks",
     "dct_matrix",
     "default_alpha",
     "fgsm",
@@ -139,4 +148,5 @@ __all__ = [
     "invariant_direction",
     "svd_universal",
     "top_singular_direction",
+    "worst_case",
 ]

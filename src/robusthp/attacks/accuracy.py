@@ -85,6 +85,7 @@ def robust_accuracy(
     *,
     device: torch.device | str | None = None,
     progress: Callable[[int, int | None], None] | None = None,
+    worst: bool = False,
 ) -> dict[str, float]:
     """Clean and attacked accuracy over ALL evaluated points (as RobustBench).
 
@@ -99,6 +100,8 @@ def robust_accuracy(
             ``{"fgsm": partial(fgsm, eps=0.3)}``. A name may carry ``@eps``.
         device: move each batch there first (default: leave batches where they are).
         progress: called as ``progress(batches_done, total_batches_or_None)`` after each batch.
+        worst: also ``worst_acc[@eps]``: the points that every attack of that ``@eps``
+            failed to fool (``worst_case``), <= each of their accuracies.
 
     Returns:
         ``{"clean_acc": float, "<name>_acc[@eps]": float, ..., "num_samples": float}``;
@@ -109,28 +112,61 @@ def robust_accuracy(
         ...                                  "pgd": partial(pgd, eps=0.3)})
         {'clean_acc': 0.99, 'fgsm_acc': 0.61, 'pgd_acc': 0.12, 'num_samples': 10000.0}  # illustrative
     """
+    masks = correct_masks(model, batches, attack_fns, device=device, progress=progress)
+    if worst:
+        masks.update(worst_case(masks))
+    return accuracies(masks)
+
+
+def correct_masks(
+    model: nn.Module,
+    batches: Iterable[tuple[Tensor, Tensor]],
+    attack_fns: Mapping[str, AttackFn],
+    *,
+    device: torch.device | str | None = None,
+    progress: Callable[[int, int | None], None] | None = None,
+) -> dict[str, Tensor]:
+    """Per point, whether the model classifies it correctly clean (``"clean"``) and under
+    each attack (its name): ``(N,)`` bool CPU tensors in the batches' order, the raw
+    material of ``robust_accuracy`` for per-point comparisons across attacks."""
     total = len(batches) if hasattr(batches, "__len__") else None
-    correct = {name: 0 for name in ["clean", *attack_fns]}
-    seen = 0
+    parts: dict[str, list[Tensor]] = {name: [] for name in ["clean", *attack_fns]}
     for done, (x, y) in enumerate(batches, start=1):
         if device is not None:
             x, y = x.to(device), y.to(device)
-        correct["clean"] += _num_correct(model, x, y)
+        parts["clean"].append(_correct(model, x, y))
         for name, attack in attack_fns.items():
-            correct[name] += _num_correct(model, attack(model, x, y), y)
-        seen += int(y.shape[0])
+            parts[name].append(_correct(model, attack(model, x, y), y))
         if progress is not None:
             progress(done, total)
-    if seen == 0:
+    if not parts["clean"] or sum(p.numel() for p in parts["clean"]) == 0:
         raise ValueError("no data to evaluate on: batches yielded no samples")
-    accs = {acc_key(name): n / seen for name, n in correct.items()}
+    return {name: torch.cat(chunks) for name, chunks in parts.items()}
+
+
+def worst_case(masks: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """``{"worst[@eps]": mask}``: a point is robust at an ``@eps`` only if it is correct
+    under every attack of that suffix (the per-point minimum over attacks, as AutoAttack
+    and RobustBench count), so its accuracy is <= each of those attacks'."""
+    groups: dict[str, list[Tensor]] = {}
+    for name, mask in masks.items():
+        if name != "clean":
+            _, at, eps = name.partition("@")
+            groups.setdefault(f"worst{at}{eps}", []).append(mask)
+    return {name: torch.stack(group).all(0) for name, group in groups.items()}
+
+
+def accuracies(masks: Mapping[str, Tensor]) -> dict[str, float]:
+    """``{acc_key(name): fraction correct, ..., "num_samples": N}`` of per-point masks."""
+    seen = int(masks["clean"].numel())
+    accs = {acc_key(name): int(mask.sum()) / seen for name, mask in masks.items()}
     _warn_if_pgd_weaker(accs)
     return {**accs, "num_samples": float(seen)}
 
 
-def _num_correct(model: nn.Module, x: Tensor, y: Tensor) -> int:
+def _correct(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
     with eval_mode(model), torch.no_grad(), fp32():
-        return int((model(x).argmax(1) == y.to(x.device)).sum())
+        return (model(x).argmax(1) == y.to(x.device)).cpu()
 
 
 def _warn_if_pgd_weaker(accs: Mapping[str, float]) -> None:

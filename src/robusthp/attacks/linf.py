@@ -79,6 +79,10 @@ def fgsm(model: nn.Module, x: Tensor, y: Tensor, eps: Box, keep_mode: bool = Fal
             is an elementwise box: ``(C, 1, 1)`` per channel, ``(N, 1, 1, 1)`` per sample.
         keep_mode (bool): attack the model in the train/eval mode it is in (adversarial
             training with ``bn_mode=train``) instead of eval mode. Default False.
+        restarts (int): runs per point (>= 1). The first starts as ``random_start``
+            says; each further one, on the points no earlier run fooled, at a uniform
+            random point of the eps-ball drawn from ``generator``. A point keeps its first
+            misclassified result. Default 1: one run, exactly as without restarts.
 
     Shape:
         - x: ``(N, C, H, W)``, range ``[0, 1]``.  - y: ``(N,)``.
@@ -103,6 +107,7 @@ def pgd(
     generator: torch.Generator | None = None,
     stop_when_fooled: bool = False,
     keep_mode: bool = False,
+    restarts: int = 1,
 ) -> Tensor:
     r"""PGD in the paper 'Towards Deep Learning Models Resistant to Adversarial Attacks'
     (Madry, Makelov, Schmidt, Tsipras, Vladu, ICLR 2018) [https://arxiv.org/abs/1706.06083].
@@ -133,6 +138,10 @@ def pgd(
             torchattacks and the paper.
         keep_mode (bool): attack the model in the train/eval mode it is in (adversarial
             training with ``bn_mode=train``) instead of eval mode. Default False.
+        restarts (int): runs per point (>= 1). The first starts as ``random_start``
+            says; each further one, on the points no earlier run fooled, at a uniform
+            random point of the eps-ball drawn from ``generator``. A point keeps its first
+            misclassified result. Default 1: one run, exactly as without restarts.
 
     Shape:
         - x: ``(N, C, H, W)``, range ``[0, 1]``.  - y: ``(N,)``.
@@ -147,10 +156,39 @@ def pgd(
         alpha = default_alpha(eps, steps)
     else:
         check_attack_args(eps=eps, alpha=alpha)
-    adv, _ = _linf_pgd(
-        model, x, y, eps=eps, alpha=alpha, steps=steps, random_start=random_start,
-        generator=generator, name="pgd", stop_when_fooled=stop_when_fooled, keep_mode=keep_mode,
-    )
+    _check_restarts(restarts, keep_mode)
+    if restarts > 1 and generator is None:
+        generator = torch.Generator(device=x.device).manual_seed(0)
+
+    def run(x: Tensor, y: Tensor, eps: Box, alpha: Box, random_start: bool) -> Tensor:
+        adv, _ = _linf_pgd(
+            model, x, y, eps=eps, alpha=alpha, steps=steps, random_start=random_start,
+            generator=generator, name="pgd", stop_when_fooled=stop_when_fooled, keep_mode=keep_mode,
+        )
+        return adv
+
+    adv = run(x, y, eps, alpha, random_start)
+    if restarts == 1:
+        return adv
+    return _restarted(model, adv, x, y, eps, alpha, restarts, run)
+
+
+def _restarted(model: nn.Module, adv: Tensor, x: Tensor, y: Tensor, eps: Box, alpha: Box,
+               restarts: int, run: Any) -> Tensor:
+    """Further random-start runs on the points the first run ``adv`` did not fool."""
+    with eval_mode(model), gradients_on(), torch.no_grad(), fp32():
+        x = x.detach().to(adv.device).clone()  # a normal tensor even if x is an inference tensor
+        y = y.detach().to(adv.device).clone()
+        eps, alpha = _as_box(eps, x, "eps"), _as_box(alpha, x, "alpha")
+        robust = model(adv).argmax(1) == y
+        for _ in range(restarts - 1):
+            index = robust.nonzero().flatten()
+            if index.numel() == 0:
+                break
+            again = run(x[index], y[index], _rows_of(eps, robust), _rows_of(alpha, robust), True)
+            fooled = model(again).argmax(1) != y[index]
+            adv[index[fooled]] = again[fooled]
+            robust[index[fooled]] = False
     return adv
 
 
@@ -353,6 +391,14 @@ def _check_box_tensor(t: Tensor, what: str, meaning: str) -> None:
             f"{what} tensor ({meaning}) must be finite and >= 0 everywhere; got "
             f"{values[where].item():g} at index {where} of a tensor of shape {tuple(t.shape)}"
         )
+
+
+def _check_restarts(restarts: int, keep_mode: bool) -> None:
+    if isinstance(restarts, bool) or not isinstance(restarts, int) or restarts < 1:
+        raise ValueError(f"restarts must be an integer >= 1; got {restarts!r}")
+    if restarts > 1 and keep_mode:
+        # telling fooled points apart would run the model in train mode (BatchNorm's stats)
+        raise ValueError("restarts > 1 needs eval mode; got keep_mode=True")
 
 
 def _check_steps(steps: int) -> None:

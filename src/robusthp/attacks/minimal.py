@@ -253,6 +253,29 @@ def robustness_curve(eps_star: Tensor, eps_grid: Tensor | Sequence[float]) -> Te
     return robust.double().mean(1).reshape(grid.shape)
 
 
+def bounded_by_attacks(eps_star: Tensor, fooled_at: Sequence[tuple[float, Tensor]]) -> Tensor:
+    """eps* lowered to ``eps_k`` wherever an attack at ``eps_k`` fooled the point.
+
+    The search's probes can miss a point that a fixed-eps attack fooled; an attack that
+    ran on the same points is a proof that eps* <= eps_k, so the curve never reads above
+    it: ``robustness_curve(bounded, [eps_k]) <= that attack's accuracy`` exactly.
+
+    Arguments:
+        eps_star (Tensor): ``(N,)`` from ``minimal_eps``.
+        fooled_at: ``(eps_k, mask)`` pairs, eps_k in eps*'s units and ``mask`` ``(N,)``
+            bool, True where the attack at eps_k fooled the point.
+    """
+    bounded = _check_eps_star(eps_star).clone()
+    for eps, fooled in fooled_at:
+        fooled = fooled.to(device=bounded.device, dtype=torch.bool)
+        if fooled.shape != bounded.shape:
+            raise ValueError(f"a fooled mask must have eps*'s shape {tuple(bounded.shape)}; "
+                             f"got {tuple(fooled.shape)}")
+        cap = torch.tensor(float(eps), dtype=bounded.dtype, device=bounded.device)
+        bounded[fooled] = torch.minimum(bounded[fooled], cap)
+    return bounded
+
+
 def min_eps_summary(
     eps_star: Tensor, eps_max: float, *, curve_points: int = MIN_EPS_CURVE_POINTS
 ) -> dict[str, Any]:

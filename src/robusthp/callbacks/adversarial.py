@@ -1,4 +1,4 @@
-"""``AdversarialRobustness``: FGSM/PGD accuracy of any LightningModule, as a callback.
+"""``AdversarialRobustness``: FGSM/PGD/AutoAttack accuracy of any LightningModule, as a callback.
 
     import lightning.pytorch as pl            # or: import pytorch_lightning as pl
     from robusthp.callbacks import AdversarialRobustness
@@ -37,13 +37,19 @@ readings evaluates each eps in each.
 
 Result keys: ``clean_acc`` and, for every eps and reading, ``<attack>_acc@<key>`` with
 key ``f"{eps:g}"`` in pixels (``pgd_acc@0.3``) or ``f"{eps:g}norm"`` normalized
-(``pgd_acc@0.3norm``). The plain ``fgsm_acc``/``pgd_acc`` hold the FIRST eps of the FIRST
-reading (the primary one, so readers of ``pgd_acc`` work whatever the lists).
+(``pgd_acc@0.3norm``), and ``worst_acc@<key>``: a point counts as robust only if every
+attack run at that eps and reading failed on it (the per-point minimum, as AutoAttack and
+RobustBench count), so it is <= each attack's accuracy. The plain ``fgsm_acc``/``pgd_acc``/
+``autoattack_acc``/``worst_acc`` hold the FIRST eps of the FIRST reading (the primary one,
+so readers of ``pgd_acc`` work whatever the lists).
 ``adversarial_eps`` lists each (key, eps as given, reading, pixel eps per channel). With
 ``min_eps``: the per-example minimal L-inf perturbation eps* in the primary reading, searched
 up to ``min_eps_max`` (default twice the largest eps): ``median_min_eps``, ``min_eps_auc``
 (mean accuracy over ``[0, min_eps_max]``), ``min_eps_above_max``, ``min_eps_max``,
 ``min_eps_space``, ``min_eps_curve`` (``{"eps": [...], "acc": [...]}``) and ``min_eps_star``.
+eps* is capped at every eps of the primary reading where an attack fooled the point, so the
+curve never reads above an attack that ran (``min_eps_bounded``: how many points the cap
+lowered, i.e. the search missed).
 Loggers get the accuracies, ``median_min_eps`` and ``min_eps_auc``, prefixed ``adv/``;
 ``self.results`` also holds ``adversarial_time_s`` and ``adversarial_num_samples``.
 
@@ -64,18 +70,21 @@ from torch import Tensor, nn
 
 from robusthp.attacks import (
     acc_key,
+    accuracies,
     attack_names,
     bind,
+    bounded_by_attacks,
     check_attack_args,
+    correct_masks,
     default_alpha,
     get_attack,
     min_eps_summary,
     minimal_eps,
-    robust_accuracy,
+    worst_case,
 )
 from robusthp.callbacks import _lightning as shared
 from robusthp.models.normalize import Normalize
-from robusthp.settings import AdversarialSettings, eps_spaces, names, positive_number
+from robusthp.settings import AdversarialSettings, eps_spaces, integer, names, positive_number
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +106,7 @@ class _AdversarialRobustnessLogic(shared.TestDataEvaluation):
         pgd_steps: int = AdversarialSettings.pgd_steps,
         pgd_alpha: float | None = AdversarialSettings.pgd_alpha,
         random_start: bool = AdversarialSettings.random_start,
+        pgd_restarts: int = AdversarialSettings.pgd_restarts,
         num_samples: int | None = AdversarialSettings.num_samples,
         dataloader: Iterable[Any] | None = None,
         batch_to_xy: shared.BatchToXY | None = None,
@@ -117,7 +127,7 @@ class _AdversarialRobustnessLogic(shared.TestDataEvaluation):
         self.min_eps_max = None if min_eps_max is None else shared.check_value(
             _OWNER, positive_number, min_eps_max, "min_eps_max")
         self.attacks = shared.check_value(_OWNER, names, attacks, "attacks")
-        linf = attack_names("linf")
+        linf = [*attack_names("linf"), *attack_names("autoattack")]
         for name in self.attacks:
             get_attack(name)  # unknown names raise, listing the valid ones
             if name not in linf:
@@ -125,6 +135,7 @@ class _AdversarialRobustnessLogic(shared.TestDataEvaluation):
                                  f"{', '.join(linf)} (the others: PerturbationRobustness)")
         check_attack_args(eps=self.eps[0], alpha=pgd_alpha, steps=pgd_steps)
         self.pgd_steps, self.pgd_alpha, self.random_start = pgd_steps, pgd_alpha, bool(random_start)
+        self.pgd_restarts = shared.check_value(_OWNER, integer(1), pgd_restarts, "pgd_restarts")
         self.on, self.num_samples, self.batch_size, self.batch_to_xy = shared.check_common(
             _OWNER, on=on, num_samples=num_samples, batch_size=batch_size, batch_to_xy=batch_to_xy
         )
@@ -149,20 +160,23 @@ class _AdversarialRobustnessLogic(shared.TestDataEvaluation):
         readings = self.readings(model)
         attack_fns = self._attack_fns(readings, dev)
         with shared.progress_bar(self.progress, "adversarial eval") as progress:
-            accs = robust_accuracy(model, batches, attack_fns, device=device, progress=progress)
-        results: dict[str, Any] = self._with_primary_keys(accs, readings)
+            masks = correct_masks(model, batches, attack_fns, device=device, progress=progress)
+        masks.update(worst_case(masks))
+        results: dict[str, Any] = self._with_primary_keys(accuracies(masks), readings)
         results["adversarial_num_samples"] = results.pop("num_samples")
         results["adversarial_eps"] = [
             {"key": r.key, "eps": r.eps, "space": r.space, "pixel_eps": list(r.pixel_eps)}
             for r in readings
         ]
         if self.min_eps:
-            results.update(self._min_eps(model, batches, device, dev))
+            results.update(self._min_eps(model, batches, device, dev, masks, readings))
         results["adversarial_time_s"] = time.perf_counter() - start
         return results
 
-    def _min_eps(self, model: nn.Module, batches: list, device: Any, dev: torch.device) -> dict[str, Any]:
-        """eps* of every point in the primary reading, and the curve and scalars from it."""
+    def _min_eps(self, model: nn.Module, batches: list, device: Any, dev: torch.device,
+                 masks: Mapping[str, Tensor], readings: Sequence[Reading]) -> dict[str, Any]:
+        """eps* of every point in the primary reading, and the curve and scalars from it;
+        eps* never exceeds an eps of that reading at which an attack fooled the point."""
         space = self.eps_space[0]
         scale = self._scale(model, space)
         eps_max = self.min_eps_max if self.min_eps_max is not None else 2 * max(self.eps)
@@ -174,7 +188,12 @@ class _AdversarialRobustnessLogic(shared.TestDataEvaluation):
                     x, y = x.to(device), y.to(device)
                 stars.append(minimal_eps(model, x, y, eps_max=eps_max, scale=scale_t).cpu())
                 progress(done, len(batches))
-        return {**min_eps_summary(torch.cat(stars), eps_max), "min_eps_space": space}
+        searched = torch.cat(stars)
+        fooled_at = [(r.eps, ~masks[f"{name}@{r.key}"]) for r in readings if r.space == space
+                     for name in self.attacks]
+        bounded = bounded_by_attacks(searched, fooled_at)
+        return {**min_eps_summary(bounded, eps_max), "min_eps_space": space,
+                "min_eps_bounded": int((bounded < searched).sum())}
 
     def readings(self, model: nn.Module) -> list[Reading]:
         """Every (eps, reading) to attack at, primary first; the pixel box of each."""
@@ -204,6 +223,8 @@ class _AdversarialRobustnessLogic(shared.TestDataEvaluation):
         }
 
     def _settings(self, name: str, eps: float | Tensor, device: torch.device) -> dict[str, Any]:
+        if name == "autoattack":
+            return {"eps": eps, "norm": "Linf", "seed": self.seed}
         if name != "pgd":
             return {"eps": eps}
         alpha = self.pgd_alpha if self.pgd_alpha is not None else default_alpha(eps, self.pgd_steps)
@@ -211,12 +232,13 @@ class _AdversarialRobustnessLogic(shared.TestDataEvaluation):
         return {
             "eps": eps, "alpha": alpha, "steps": self.pgd_steps,
             "random_start": self.random_start, "generator": generator,
+            "restarts": self.pgd_restarts,
         }
 
     def _with_primary_keys(self, accs: Mapping[str, float], readings: Sequence[Reading]) -> dict[str, Any]:
         """Every ``<attack>_acc@<key>``, and the plain keys = the primary (first) reading."""
         results = dict(accs)
-        for name in self.attacks:
+        for name in [*self.attacks, "worst"]:
             results[acc_key(name)] = accs[acc_key(f"{name}@{readings[0].key}")]
         return results
 
@@ -227,10 +249,15 @@ class AdversarialRobustness(_AdversarialRobustnessLogic, *shared.callback_bases(
         eps: L-inf radius, or several (the first is primary), in the units of
             ``eps_space``. Paper: 0.3 (MNIST, Fashion-MNIST; most likely normalized units,
             see the README), 0.02 (CIFAR-10, pixels).
-        attacks: names from ``robusthp.attacks.ATTACKS`` (default fgsm and pgd).
+        attacks: L-inf names from ``robusthp.attacks.ATTACKS``: ``fgsm``, ``pgd`` (the
+            default pair, the paper's) and ``autoattack`` (standard version, at the
+            reference implementation's settings; a box per channel in the normalized
+            reading of a colour dataset).
         pgd_steps: PGD steps (default 40, the paper's). pgd_alpha: step size; None ->
             ``2.5 * eps / pgd_steps`` per eps. random_start: PGD random start (default
             False), drawn from a private generator seeded ``seed``.
+        pgd_restarts: PGD runs per point (default 1); the further ones start at random
+            points of the eps-ball from the same seeded generator.
         num_samples: evaluate on the first N test points (default None: all).
         dataloader: data to attack. Default: the datamodule's ``test_dataloader()`` at fit
             end, the running test's loader at test end; no data at fit end moves the
