@@ -100,6 +100,20 @@ def names(value: Any, key: str) -> tuple[str, ...]:
     return out
 
 
+def choices(allowed: tuple[str, ...]) -> Check:
+    """A check: one name of ``allowed`` or a non-empty list of them, without repeats."""
+
+    def check(value: Any, key: str) -> tuple[str, ...]:
+        out = names(value, key)
+        bad = [v for v in out if v not in allowed]
+        if bad or len(set(out)) != len(out):
+            why = f"unknown {bad[0]!r}" if bad else "a repeated name"
+            raise ValueError(f"{key}: {why} in {value!r}; choose from {', '.join(allowed)}")
+        return out
+
+    return check
+
+
 def eps_values(value: Any, key: str) -> tuple[float, ...]:
     """One L-inf budget or a list of them, each a finite number >= 0 (pixel units)."""
     values = [value] if isinstance(value, (int, float)) else list(value)
@@ -278,6 +292,9 @@ class TrainSettings(Checked):
                                                  "logger", logger_choices, group=True)
 
 
+ADVERSARIAL_ATTACKS = ("fgsm", "pgd", "autoattack")  # eval.adversarial.attacks' choices
+
+
 @dataclass(frozen=True)
 class AdversarialSettings(Checked):
     """FGSM/PGD after training (Kamath et al., Appendix A), L-inf in [0, 1] pixels."""
@@ -286,11 +303,17 @@ class AdversarialSettings(Checked):
     # one budget or several (a robustness curve; the first is the primary one)
     eps: tuple[float, ...] = setting((DATASETS[DEFAULT_DATASET].eps,), "eval.adversarial.eps",
                                      eps_values, config="${dataset.eps}")
-    attacks: tuple[str, ...] = setting(("fgsm", "pgd"), "eval.adversarial.attacks", names)
+    # fgsm, pgd (L-inf, robusthp.attacks.linf) and autoattack (standard version, L-inf, at the
+    # reference implementation's settings); worst_acc counts a point robust only if all failed
+    attacks: tuple[str, ...] = setting(("fgsm", "pgd"), "eval.adversarial.attacks",
+                                       choices(ADVERSARIAL_ATTACKS))
     pgd_steps: int = setting(40, "eval.adversarial.pgd_steps", integer(1))  # the paper's 40
     # None: 2.5 * eps / pgd_steps (Madry et al.'s rule; the paper states no step size)
     pgd_alpha: float | None = setting(None, "eval.adversarial.pgd_alpha", optional_positive_number)
     random_start: bool = setting(False, "eval.adversarial.random_start", boolean)  # the paper states none
+    # PGD runs per point: the first starts as random_start says, the others at random points
+    # of the eps-ball (the run's seeded generator); 1 is the paper's single run
+    pgd_restarts: int = setting(1, "eval.adversarial.pgd_restarts", integer(1))
     num_samples: int | None = setting(None, "eval.adversarial.num_samples", integer(1, optional=True))  # None: all
     batch_size: int | None = setting(1000, "eval.adversarial.batch_size", integer(1, optional=True))
     # how eps is read: "pixel" ([0, 1] pixels, the default: the unit of RobustBench and Madry
@@ -406,20 +429,6 @@ def l2_norms(value: Any, key: str) -> tuple[float, ...]:
         if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) or v < 0:
             raise ValueError(f"{key} must be L2 norms >= 0 (in [0, 1] pixels); got {v!r} in {value!r}")
     return tuple(float(v) for v in values)
-
-
-def choices(allowed: tuple[str, ...]) -> Check:
-    """A check: one name of ``allowed`` or a non-empty list of them, without repeats."""
-
-    def check(value: Any, key: str) -> tuple[str, ...]:
-        out = names(value, key)
-        bad = [v for v in out if v not in allowed]
-        if bad or len(set(out)) != len(out):
-            why = f"unknown {bad[0]!r}" if bad else "a repeated name"
-            raise ValueError(f"{key}: {why} in {value!r}; choose from {', '.join(allowed)}")
-        return out
-
-    return check
 
 
 UNIVERSAL_ATTACKS = ("gradient", "fgsm", "deepfool")  # robusthp.attacks.universal's directions
