@@ -227,21 +227,31 @@ def test_bound_of_a_linear_net_against_its_dense_jacobian():
     assert lipschitz_upper_bound(single, (2, 6, 6), **EXACT)["upper"] == pytest.approx(exact, rel=1e-7)
 
 
-REGISTRY = ["m1", "stdcnn", "c1", "resnet18"]
+REGISTRY = ["m1", "stdcnn", "c1", "resnet18", "preact_resnet18"]
+RESIDUAL = {"resnet18", "preact_resnet18"}
 FACTORS = {  # the top-level factors: the walk must follow each model's forward
     "m1": ["normalize", "conv1", "pool", "conv2", "pool", "fc1", "fc2"],
     "stdcnn": ["normalize", "conv1", "conv2", "pool", "conv3", "conv4", "pool", "fc1", "fc2"],
     "c1": ["normalize", "conv1", "bn1", "pool", "conv2", "bn2", "pool", "fc1", "fc2", "fc3"],
     "resnet18": ["normalize", "conv1", "bn1"] + [f"layers.{s}.{b}" for s in range(4) for b in range(2)]
     + ["fc (global average pool before it)", "fc"],
+    # standardize is the identity at the authors' default (input_normalization false)
+    "preact_resnet18": ["normalize", "conv1"] + [f"layers.{s}.{b}" for s in range(4) for b in range(2)]
+    + ["linear (global average pool before it)", "linear"],
 }
 
 
-@pytest.mark.parametrize("name", REGISTRY)
-def test_bound_holds_on_each_registry_model(name):
+def registry_model(name: str, **kwargs) -> nn.Module:
     spec = DATASETS[MODELS[name].dataset]
-    model = build_model(name, in_channels=spec.in_channels, num_classes=spec.num_classes,
-                        image_size=spec.image_size, mean=spec.mean, std=spec.std)
+    return build_model(name, in_channels=spec.in_channels, num_classes=spec.num_classes,
+                       image_size=spec.image_size, mean=spec.mean, std=spec.std, **kwargs)
+
+
+@pytest.mark.parametrize("name, kwargs", [(n, {}) for n in REGISTRY]
+                         + [("preact_resnet18", {"batchnorm": True})], ids=str)
+def test_bound_holds_on_each_registry_model(name, kwargs):
+    spec = DATASETS[MODELS[name].dataset]
+    model = registry_model(name, **kwargs)
     gen = torch.Generator().manual_seed(2)
     for module in model.modules():  # BN with statistics a trained net might have
         if isinstance(module, nn.BatchNorm2d):
@@ -249,7 +259,7 @@ def test_bound_holds_on_each_registry_model(name):
             module.weight.data.uniform_(-1.5, 1.5, generator=gen)
     model.train()  # the bound must measure eval mode and restore this
     shape = (spec.in_channels, spec.image_size, spec.image_size)
-    out = lipschitz_upper_bound(model, shape, iters=8 if name == "resnet18" else 40, tol=1e-3)
+    out = lipschitz_upper_bound(model, shape, iters=8 if name in RESIDUAL else 40, tol=1e-3)
     assert all(m.training for m in model.modules())
     assert [n for n, _ in out["factors"]] == FACTORS[name]
     model.eval()
@@ -324,6 +334,49 @@ def test_ma2023_kernel_norm_is_below_the_operator_norm(spec):
     true = top_sv(dense(lambda x: F.conv2d(x, conv.weight, None, conv.stride, conv.padding,
                                            conv.dilation, conv.groups), shape))
     assert reshaped <= true * (1 + 1e-10)
+
+
+def authors_resnet_l2(model: nn.Module, rows_in_blocks: str = "theirs") -> float:
+    """The authors' return_Lipschitz_resnet_L2 (freq-robust/src/utils_analysis.py:1372-1448),
+    written out as their code is: per stage, (c1 c2 + shortcut) (c1 c2 + 1), each conv's
+    torch.linalg.svd top value of its kernel viewed with their literal row counts."""
+    def sv(weight, rows):
+        return float(torch.linalg.svd(weight.detach().double().reshape(rows, -1))[1].max())
+
+    if rows_in_blocks == "theirs":  # their literal .view(n, -1) row counts per stage
+        first_c1, first_c2, short = [64, 64, 128, 256], [64, 128, 256, 512], [None, 64, 128, 256]
+    else:  # (C_out, C_in k k) everywhere: what their code would give without its reshape
+        first_c1, first_c2, short = [64, 128, 256, 512], [64, 128, 256, 512], [None, 128, 256, 512]
+    width = [64, 128, 256, 512]
+    total = sv(model.conv1.weight, 64)
+    for s, stage in enumerate(model.layers):
+        b0, b1 = stage[0], stage[1]
+        skip = 1.0 if s == 0 else sv(b0.shortcut[0].weight, short[s])
+        total *= sv(b0.conv1.weight, first_c1[s]) * sv(b0.conv2.weight, first_c2[s]) + skip
+        total *= sv(b1.conv1.weight, width[s]) * sv(b1.conv2.weight, width[s]) + 1.0
+    head = model.linear if hasattr(model, "linear") else model.fc
+    return total * float(torch.linalg.svd(head.weight.detach().double())[1].max())
+
+
+@pytest.mark.parametrize("name, kwargs", [("preact_resnet18", {}), ("preact_resnet18", {"batchnorm": True}),
+                                          ("resnet18", {})], ids=str)
+def test_ma2023_follows_the_authors_block_rule(name, kwargs):
+    torch.manual_seed(5)
+    model = registry_model(name, **kwargs)
+    ours = lipschitz_ma2023(model)
+    assert ours == pytest.approx(authors_resnet_l2(model), rel=1e-5)
+    # their in-block reshape matters: (C_out, -1) everywhere gives another number
+    assert ours != pytest.approx(authors_resnet_l2(model, "c_out"), rel=1e-3)
+    # and a plain product of every kernel norm (no "+ 1" / "+ shortcut") is far off
+    plain = math.prod(top_sv(m.weight.reshape(m.weight.shape[0], -1))
+                      for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear)))
+    assert ours != pytest.approx(plain, rel=1e-2)
+
+
+def test_ma2023_refuses_group_convs_by_name():
+    model = registry_model("p4cnn")
+    with pytest.raises(ValueError, match=r"no rule for layer type P4Lift \('P4CNN.convs.0'\)"):
+        lipschitz_ma2023(model)
 
 
 def test_ma2023_multiplies_conv_and_linear_norms_only():
@@ -455,6 +508,15 @@ def test_diverged_model_is_skipped(tmp_path):
 def test_bad_construction_raises(kwargs, match):
     with pytest.raises(ValueError, match=match):
         FunctionMeasures(**kwargs)
+
+
+def test_a_layer_without_an_ma2023_rule_gets_nan_and_a_warning(caplog):
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 8), nn.PReLU(), nn.Linear(8, 4))
+    loader = DataLoader(TensorDataset(*synthetic(20, seed=3)), batch_size=8)
+    with caplog.at_level("WARNING", logger="robusthp.callbacks.function_measures"):
+        res = small_callback(num_samples=None).evaluate(model, loader)
+    assert math.isnan(res["lipschitz_ma2023"]) and "no rule for layer type PReLU" in caplog.text
+    assert res["weight_norm"] > 0
 
 
 def test_a_model_the_bound_cannot_follow_gets_nan_and_a_warning(caplog):

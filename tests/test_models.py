@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import math
 import subprocess
 import sys
 
@@ -17,7 +18,11 @@ MNIST = dict(in_channels=1, image_size=28, mean=(0.1307,), std=(0.3081,))
 CIFAR = dict(
     in_channels=3, image_size=32, mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616)
 )
-DATASET = {"m1": MNIST, "stdcnn": MNIST, "c1": CIFAR, "resnet18": CIFAR, "p4cnn": MNIST, "z2cnn": MNIST}
+DATASET = {"m1": MNIST, "stdcnn": MNIST, "c1": CIFAR, "resnet18": CIFAR, "p4cnn": MNIST, "z2cnn": MNIST,
+           "preact_resnet18": CIFAR}
+# models that read raw pixels, as their authors' (Ma et al.'s PreActResNet18): an identity
+# Normalize (mean 0, std 1) keeps the input checks, the dataset's mean/std are unused
+RAW_PIXELS = {"preact_resnet18"}
 
 
 # ---- parameter counts by hand, layer by layer ------------------------------------------
@@ -51,6 +56,24 @@ def resnet18_count(c_in: int, classes: int) -> int:
             total += basic_block(width, c_out, 2 if (i > 0 and j == 0) else 1)
             width = c_out
     return total + fc(512, classes)
+
+
+def preact_block(c_in: int, c_out: int, stride: int, batchnorm: bool) -> int:
+    # kuangliu's PreActBlock: BN of the input and of conv1's output, a 1x1 conv shortcut
+    # without BN where the shape changes
+    convs = conv(c_in, c_out, 3, bias=False) + conv(c_out, c_out, 3, bias=False)
+    projection = conv(c_in, c_out, 1, bias=False) if stride != 1 or c_in != c_out else 0
+    return convs + projection + ((bn(c_in) + bn(c_out)) if batchnorm else 0)
+
+
+def preact_resnet18_count(c_in: int, classes: int, batchnorm: bool = False) -> int:
+    total = conv(c_in, 64, 3, bias=False)  # stem, no BN (pre-activation: BN opens each block)
+    width = 64
+    for i, c_out in enumerate((64, 128, 256, 512)):
+        for j in range(2):
+            total += preact_block(width, c_out, 2 if (i > 0 and j == 0) else 1, batchnorm)
+            width = c_out
+    return total + fc(512, classes)  # no BN after the last block
 
 
 HAND_COUNT = {
@@ -87,6 +110,7 @@ HAND_COUNT = {
         ]
     ),
     "resnet18": resnet18_count(3, 10),
+    "preact_resnet18": preact_resnet18_count(3, 10),
     # P4CNN on 1x28x28 (Cohen & Welling): a P4 filter holds 4 rotation planes, its bias and
     # BN one value per channel, shared over the rotations
     "p4cnn": sum(
@@ -125,7 +149,7 @@ def pixels(dataset: dict, n: int = 2) -> torch.Tensor:
 
 
 def test_registry_names():
-    assert sorted(MODELS) == ["c1", "m1", "p4cnn", "resnet18", "stdcnn", "z2cnn"]
+    assert sorted(MODELS) == ["c1", "m1", "p4cnn", "preact_resnet18", "resnet18", "stdcnn", "z2cnn"]
     assert set(HAND_COUNT) == set(MODELS) == set(DATASET)
 
 
@@ -137,7 +161,8 @@ def test_param_count_matches_table_1(name):
 def test_param_counts_literal_values():
     # the numbers quoted in the docstrings and README
     assert HAND_COUNT == {"m1": 176_050, "stdcnn": 23_010, "c1": 1_756_682, "resnet18": 11_173_962,
-                          "p4cnn": 24_680, "z2cnn": 21_750}
+                          "p4cnn": 24_680, "z2cnn": 21_750, "preact_resnet18": 11_164_362}
+    assert preact_resnet18_count(3, 10, batchnorm=True) == 11_164_362 + 6_784  # 2 x sum of BN widths
 
 
 def test_m1_without_pooling_is_the_literal_table():
@@ -200,7 +225,8 @@ def test_constant_mean_image_normalizes_to_zero(name):
     dataset = DATASET[name]
     model = make(name)
     x = torch.tensor(dataset["mean"]).view(1, -1, 1, 1).expand_as(pixels(dataset))  # (2, C, S, S)
-    torch.testing.assert_close(model.normalize(x), torch.zeros_like(x))
+    expected = x if name in RAW_PIXELS else torch.zeros_like(x)
+    torch.testing.assert_close(model.normalize(x), expected)
     assert "normalize.mean" not in model.state_dict()  # rebuilt from config, not checkpointed
 
 
@@ -239,7 +265,9 @@ def test_in_place_relus_change_no_numbers(name, train, monkeypatch):
 
     monkeypatch.setattr(nn.functional, "relu", out_of_place_relu)
     out_of_place = run()
-    assert calls and all(calls)  # the models asked for in-place ReLUs, and got them out of place
+    # the models asked for in-place ReLUs, and got them out of place; PreActResNet18 without
+    # BN keeps one out of place, on the block input its identity shortcut still reads
+    assert calls and (all(calls) if name != "preact_resnet18" else any(calls) and not all(calls))
     assert torch.equal(in_place[0], out_of_place[0])
     assert torch.equal(in_place[1], out_of_place[1])
     assert all(torch.equal(a, b) for a, b in zip(in_place[2], out_of_place[2], strict=True))
@@ -258,7 +286,7 @@ def test_stdcnn_dropout_is_off_in_eval_mode():
 def test_unknown_model_lists_names():
     with pytest.raises(ValueError) as err:
         build_model("foo", num_classes=10, **MNIST)
-    assert str(err.value) == "unknown model 'foo'; choose one of: c1, m1, p4cnn, resnet18, stdcnn, z2cnn"
+    assert str(err.value) == "unknown model 'foo'; choose one of: c1, m1, p4cnn, preact_resnet18, resnet18, stdcnn, z2cnn"
 
 
 def test_duplicate_registration_is_an_error():
@@ -362,3 +390,64 @@ def test_models_are_pure_torch():
         "assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# ---- PreActResNet18 (Ma et al. 2023; the authors' opt-robust/models/preact_resnet.py) ----
+
+
+def test_preact_defaults_are_the_authors_cifar_setting():
+    # PreActResNet18(dataset, num_classes, input_normalization=False, enable_batchnorm=False)
+    model = make("preact_resnet18")
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+    assert isinstance(model.standardize, nn.Identity)
+    assert n_params(model) == preact_resnet18_count(3, 10, batchnorm=False)
+
+
+def test_preact_switches_change_the_modules():
+    with_bn = make("preact_resnet18", batchnorm=True)
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in with_bn.modules()) == 16  # 2 per block
+    assert n_params(with_bn) == preact_resnet18_count(3, 10, batchnorm=True)
+    standardized = make("preact_resnet18", input_normalization=True)
+    assert type(standardized.standardize).__name__ == "PerImageStandardization"
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in standardized.modules())
+    with pytest.raises(TypeError, match="batchnorm must be true or false"):
+        make("preact_resnet18", batchnorm="yes")
+
+
+def test_per_image_standardization_gives_mean_0_std_1():
+    model = make("preact_resnet18", input_normalization=True)
+    x = pixels(CIFAR, n=4) * torch.tensor([0.2, 0.5, 1.0, 0.7]).view(4, 1, 1, 1)
+    z = model.standardize(x).double()  # (4, 3, 32, 32)
+    torch.testing.assert_close(z.mean(dim=(1, 2, 3)), torch.zeros(4, dtype=torch.float64), atol=1e-6, rtol=0)
+    # unbiased std, as the authors' torch.std (n - 1), not TensorFlow's
+    torch.testing.assert_close(z.std(dim=(1, 2, 3)), torch.ones(4, dtype=torch.float64), atol=1e-5, rtol=0)
+    # a flat image: std below 1/sqrt(n), so the floor divides: (x - mean) * sqrt(3072)
+    flat = torch.full((1, 3, 32, 32), 0.5)
+    flat[0, 0, 0, 0] = 0.5 + 1e-3
+    expected = (flat - flat.mean()) * math.sqrt(3 * 32 * 32)
+    torch.testing.assert_close(model.standardize(flat), expected)
+
+
+def test_preact_blocks_compute_the_pre_activation_form():
+    """Each block, by hand with F.conv2d: conv2(relu(conv1(relu(x)))) + shortcut, where the
+    shortcut is x itself or a 1x1 conv of relu(x) (the authors' forward, no BN)."""
+    model = make("preact_resnet18").eval()
+    relu = nn.functional.relu
+    for block, c_in in ((model.layers[0][0], 64), (model.layers[1][0], 64)):
+        x = torch.randn(2, c_in, 8, 8, generator=torch.Generator().manual_seed(3))
+        before = x.clone()
+        out = block(x)
+        assert torch.equal(x, before)  # the input is not overwritten in place
+        stride = block.conv1.stride
+        main = nn.functional.conv2d(relu(x), block.conv1.weight, stride=stride, padding=1)
+        main = nn.functional.conv2d(relu(main), block.conv2.weight, padding=1)
+        skip = x if block.shortcut is None else nn.functional.conv2d(
+            relu(x), block.shortcut[0].weight, stride=stride)
+        torch.testing.assert_close(out, main + skip)
+
+
+def test_preact_ignores_the_dataset_mean_and_std():
+    a = make("preact_resnet18").eval()
+    b = make("preact_resnet18", dict(CIFAR, mean=(0.1, 0.2, 0.3), std=(0.5, 0.6, 0.7))).eval()
+    x = pixels(CIFAR)
+    assert torch.equal(a(x), b(x))

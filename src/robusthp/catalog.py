@@ -107,6 +107,8 @@ register_model_spec(ModelSpec("m1", "M1", "mnist", "robusthp.models.m1:M1"))
 register_model_spec(ModelSpec("stdcnn", "StdCNN", "fashion_mnist", "robusthp.models.stdcnn:StdCNN"))
 register_model_spec(ModelSpec("c1", "C1", "cifar10", "robusthp.models.c1:C1"))
 register_model_spec(ModelSpec("resnet18", "ResNet18", "cifar10", "robusthp.models.resnet:resnet18"))
+register_model_spec(ModelSpec("preact_resnet18", "PreActResNet18", "cifar10",
+                              "robusthp.models.preact_resnet:preact_resnet18"))
 register_model_spec(ModelSpec("p4cnn", "P4CNN", "mnist", "robusthp.models.p4cnn:P4CNN"))
 register_model_spec(ModelSpec("z2cnn", "Z2CNN", "mnist", "robusthp.models.p4cnn:Z2CNN"))
 

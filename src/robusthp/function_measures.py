@@ -15,11 +15,12 @@ measures, for a model mapping [0, 1] pixels (N, C, H, W) to logits (N, K):
 How the forward path is found: one forward pass of a probe input (uniform [0, 1] pixels
 from a private generator seeded ``seed``) with hooks on every module records the tree of
 module calls, each with a copy of its input and output. A module of a known layer type
-(``_leaf_norm``) is a leaf; a ``robusthp.models.resnet.BasicBlock`` is a residual block;
+(``_leaf_norm``) is a leaf; a ``robusthp.models.resnet.BasicBlock`` or a
+``robusthp.models.preact_resnet.PreActBlock`` is a residual block;
 any other module that calls submodules is a chain, and its recorded tensors are checked:
 each call's input must equal the previous call's output (or the chain's own input) up to
 ReLU, flatten or a global average pool, and the chain's output the last call's output the
-same way. robusthp's M1, StdCNN, C1 and ResNet (their ``forward`` is explicit code, not
+same way. robusthp's M1, StdCNN, C1, ResNet and PreActResNet (their ``forward`` is explicit code, not
 ``nn.Sequential``; M1/StdCNN/C1 reuse one pool module) are such chains; anything the
 checks cannot follow, and any layer type without a rule, raises ``ValueError`` naming
 it, rather than returning a wrong bound.
@@ -58,6 +59,7 @@ from torch import Tensor, nn
 
 from robusthp.attacks import PIXEL_TOL
 from robusthp.models.normalize import Normalize
+from robusthp.models.preact_resnet import PreActBlock
 from robusthp.models.resnet import BasicBlock
 from robusthp.side_effects import detached_copy, eval_mode, fp32, gradients_on
 
@@ -327,6 +329,8 @@ def _bound(node: _Call, ctx: _Bound) -> float:
         return norm
     if isinstance(node.module, BasicBlock):
         return _residual_bound(node, ctx)
+    if isinstance(node.module, PreActBlock):
+        return _preact_bound(node, ctx)
     if not node.children:
         raise ValueError(f"lipschitz_upper_bound: no Lipschitz bound known for layer type "
                          f"{type(node.module).__name__} ({node.name!r})")
@@ -425,32 +429,117 @@ def _residual_bound(node: _Call, ctx: _Bound) -> float:
     return total
 
 
+def _preact_bound(node: _Call, ctx: _Bound) -> float:
+    """robusthp's PreActBlock, u = relu(bn1(x)) (bn1 optional), conv2(relu(bn2(conv1(u)))) +
+    shortcut(u), or + x itself where the shortcut is the identity: L(bn1) (L(branch) +
+    L(shortcut)), or L(bn1) L(branch) + 1; the recorded calls are checked against it."""
+    block = node.module
+    expected = [m for m in (block.bn1, block.shortcut, block.conv1, block.bn2, block.conv2) if m is not None]
+    if [c.module for c in node.children] != expected:
+        raise ValueError(f"lipschitz_upper_bound: the PreActBlock {node.name!r} did not call "
+                         "bn1, shortcut, conv1, bn2, conv2 (those it has) in that order")
+    calls = {c.module: c for c in node.children}
+    bn1, sc, conv1, bn2, conv2 = (calls.get(m) for m in (block.bn1, block.shortcut, block.conv1,
+                                                         block.bn2, block.conv2))
+    if not _preact_links_hold(node, bn1, sc, conv1, bn2, conv2):
+        raise ValueError(f"lipschitz_upper_bound: the PreActBlock {node.name!r} does not compute "
+                         "conv2(relu(bn2(conv1(u)))) + shortcut(u) with u = relu(bn1(x))")
+    ctx.in_residual += 1
+    try:
+        pre = _bound(bn1, ctx) if bn1 is not None else 1.0
+        branch = math.prod(_bound(c, ctx) for c in (conv1, bn2, conv2) if c is not None)
+        total = pre * (branch + _bound(sc, ctx)) if sc is not None else pre * branch + 1.0
+    finally:
+        ctx.in_residual -= 1
+    ctx.factor(node.name, total)
+    return total
+
+
+def _preact_links_hold(node: _Call, bn1: _Call | None, sc: _Call | None, conv1: _Call,
+                       bn2: _Call | None, conv2: _Call) -> bool:
+    """Whether the recorded tensors chain as the PreActBlock's forward says."""
+    links = [(node.x, bn1.x)] if bn1 is not None else []
+    u = F.relu(bn1.out if bn1 is not None else node.x)
+    links += [(u, conv1.x)] + ([(u, sc.x)] if sc is not None else [])
+    mid = conv1.out
+    if bn2 is not None:
+        links.append((conv1.out, bn2.x))
+        mid = bn2.out
+    links += [(F.relu(mid), conv2.x), (conv2.out + (sc.out if sc is not None else node.x), node.out)]
+    return all(a is not None and b is not None and _same(a, b) for a, b in links)
+
+
 # ---------------------------------------------------------------- the authors' number
+
+_RESIDUAL_BLOCKS = (BasicBlock, PreActBlock)
+# parametrized layers the authors' number leaves out: their models have no BN, and their
+# function reads only the convs and the final linear (utils_analysis.py:1372-1448)
+_LEFT_OUT = (nn.modules.batchnorm._BatchNorm,)
 
 
 def lipschitz_ma2023(model: nn.Module) -> float:
-    """Ma et al.'s L2 "Lipschitz constant": the product, over every ``nn.Conv2d`` and
-    ``nn.Linear`` of ``model`` (each module once), of the top singular value of its weight
-    reshaped to (C_out, C_in k k) (a linear: its weight). Normalizations and pools are left
-    out, as in the authors' code (averyma/opt-robust).
+    """Ma et al.'s L2 "Lipschitz constant", as their ``return_Lipschitz_resnet_L2`` and
+    ``return_Lipschitz_c2_L2`` compute it (freq-robust/src/utils_analysis.py:1372-1487):
 
-    The reshaped kernel's norm is a LOWER bound of the conv's operator norm, not an upper
-    bound (their comment says otherwise): the conv maps an input holding one patch v,
-    zero elsewhere, to an output whose value at that patch's position is W_mat v, so
-    ||conv|| >= ||W_mat|| whenever one window lies wholly inside the input and groups=1
-    (the true norm also counts the overlapping shifts of the kernel, and is larger but for
-    special kernels; with groups > 1 the reshaped kernel stacks the groups' blocks and may
-    exceed it). So this
-    product is neither an upper nor a lower bound of the network's Lipschitz constant; it
-    is reported to compare with the paper. Returns a float >= 0.
+    - a conv or linear outside a residual block: the top singular value of its weight
+      reshaped to (C_out, -1) (:1376-1378, :1446, :1475-1485);
+    - a residual block (robusthp's BasicBlock and PreActBlock): ``L_conv1 * L_conv2 +
+      L_shortcut``, ``+ 1`` for an identity shortcut (:1391-1392, :1407-1408);
+    - the product of all of these. BatchNorm, pools, activations and ``Normalize`` are
+      left out, as theirs.
+
+    Inside a block their code reshapes every kernel to (C_in, -1) (``.view(64, -1)`` for
+    layer2's 64->128 conv1 and shortcut, :1396, :1400; likewise :1413, :1417, :1430, :1434).
+    Where C_in == C_out that is (C_out, C_in k k); in a downsampling block's conv1 and
+    shortcut it is another matrix, each row two output filters side by side. This keeps
+    their reshape, so the number is theirs.
+
+    A (C_out, C_in k k) kernel's norm is a LOWER bound of the conv's operator norm, not an
+    upper bound (their comment, :1479, says otherwise): the conv maps an input holding one
+    patch v, zero elsewhere, to an output whose value at that patch's position is W_mat v,
+    so ||conv|| >= ||W_mat|| whenever one window lies wholly inside the input and groups=1.
+    So the product is neither an upper nor a lower bound of the network's Lipschitz
+    constant; it is reported to compare with the paper. Returns a float >= 0.
+
+    A layer with parameters of a type without a rule (P4CNN's group convs, say) raises
+    ``ValueError`` naming it: no number rather than a wrong one.
     """
-    total = 1.0
     with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, (nn.Conv2d, nn.Linear)):
-                weight = module.weight.detach()
-                total *= float(torch.linalg.svdvals(weight.reshape(weight.shape[0], -1))[0])
-    return total
+        return _ma2023(model, type(model).__name__)
+
+
+def _ma2023(module: nn.Module, name: str) -> float:
+    if isinstance(module, _RESIDUAL_BLOCKS):
+        return _ma2023_block(module, name)
+    if isinstance(module, (nn.Conv2d, nn.Linear)):
+        return _reshaped_norm(module, rows=module.weight.shape[0])
+    if _has_own_parameters(module) and not isinstance(module, _LEFT_OUT):
+        raise ValueError(f"lipschitz_ma2023: no rule for layer type {type(module).__name__} "
+                         f"({name!r}); it handles Conv2d, Linear and robusthp's residual blocks")
+    return math.prod(_ma2023(child, f"{name}.{key}") for key, child in module.named_children())
+
+
+def _ma2023_block(block: nn.Module, name: str) -> float:
+    """``L_conv1 * L_conv2 + L_shortcut`` (1 for the identity), each conv reshaped to
+    (C_in, -1) as the authors' code does inside blocks."""
+    shortcut = getattr(block, "shortcut", None)
+    convs = [] if shortcut is None else [m for m in shortcut.modules() if isinstance(m, nn.Conv2d)]
+    other = [] if shortcut is None else [m for m in shortcut.modules() if _has_own_parameters(m)
+                                         and not isinstance(m, (nn.Conv2d, *_LEFT_OUT))]
+    if len(convs) > 1 or other:
+        raise ValueError(f"lipschitz_ma2023: the shortcut of {name!r} is not one conv (or BN) "
+                         "nor the identity")
+    in_block = [_reshaped_norm(c, rows=c.in_channels) for c in (block.conv1, block.conv2, *convs)]
+    return in_block[0] * in_block[1] + (in_block[2] if convs else 1.0)
+
+
+def _has_own_parameters(module: nn.Module) -> bool:
+    return next(module.parameters(recurse=False), None) is not None
+
+
+def _reshaped_norm(layer: nn.Conv2d | nn.Linear, rows: int) -> float:
+    weight = layer.weight.detach()
+    return float(torch.linalg.svdvals(weight.reshape(rows, -1))[0])
 
 
 # ---------------------------------------------------------------- local and weight measures

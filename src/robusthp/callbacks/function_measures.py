@@ -14,8 +14,9 @@ layer type's bound):
 - ``lipschitz_upper`` (float): an upper bound of the global L2 Lipschitz constant, pixels
   to logits, at the data's image shape; ``lipschitz_layers``: ``[[name, norm], ...]``, each
   layer's own norm in call order. A model whose forward the bound cannot follow (a layer
-  type without a rule, say) gets NaN and ``[]``, with a warning that names the reason; ``lipschitz_ma2023`` (float): the authors' product of
-  reshaped-kernel norms (neither bound);
+  type without a rule, say) gets NaN and ``[]``, with a warning that names the reason;
+- ``lipschitz_ma2023`` (float): the authors' number, their block rule over reshaped-kernel
+  norms (neither bound); NaN, with a warning, for a layer type it has no rule for;
 - ``input_grad_norm_median`` / ``_p95`` / ``_mean``: of ``||grad_x f_y(x)||_2`` over the
   first ``num_samples`` test points (median and 95th percentile with linear interpolation);
 - ``weight_norm``: sqrt of the sum of squares of all parameters;
@@ -108,7 +109,7 @@ class _FunctionMeasuresLogic(shared.TestDataEvaluation):
         upper, layers = self._bound(model, tuple(batches[0][0].shape[1:]))
         return {
             "lipschitz_upper": upper,
-            "lipschitz_ma2023": lipschitz_ma2023(model),
+            "lipschitz_ma2023": _ma2023(model),
             "lipschitz_layers": layers,
             "input_grad_norm_median": float(torch.quantile(grads, 0.5)),
             "input_grad_norm_p95": float(torch.quantile(grads, 0.95)),
@@ -129,6 +130,16 @@ class _FunctionMeasuresLogic(shared.TestDataEvaluation):
             log.warning("%s: no Lipschitz upper bound (lipschitz_upper = nan): %s", _OWNER, err)
             return math.nan, []
         return float(bound["upper"]), [[name, float(norm)] for name, norm in bound["layers"]]
+
+
+def _ma2023(model: nn.Module) -> float:
+    """``lipschitz_ma2023``, or NaN and one warning where it has no rule for a layer: the
+    other measures stand, and the user's fit is not broken."""
+    try:
+        return lipschitz_ma2023(model)
+    except ValueError as err:
+        log.warning("%s: lipschitz_ma2023 = nan: %s", _OWNER, err)
+        return math.nan
 
 
 class FunctionMeasures(_FunctionMeasuresLogic, *shared.callback_bases()):
