@@ -32,7 +32,7 @@ def _seeded():
 
 
 def small_callback(**kwargs) -> PerturbationRobustness:
-    settings = {"noise_var": [0.01, 0.1], "bands": 3, "l2_eps": [0.5], "l2_steps": 3,
+    settings = {"noise_var": [0.01, 0.1], "bands": 3, "band_var": 0.01, "l2_eps": [0.5], "l2_steps": 3,
                 "num_samples": 48, "batch_size": 16, "progress": False}
     return PerturbationRobustness(**{**settings, **kwargs})
 
@@ -41,6 +41,7 @@ SMALL_KEYS = {
     "perturbation_clean_acc", "gaussian_acc@0.01", "gaussian_acc@0.1",
     "band_acc@0", "band_acc@1", "band_acc@2", "band_drop@0", "band_drop@1", "band_drop@2",
     "pgd_l2_acc@0.5", "perturbation_num_samples", "perturbation_bands", "perturbation_time_s",
+    "perturbation_attack_num_samples", "perturbation_attack_clean_acc",
 }
 
 
@@ -131,14 +132,18 @@ def test_budgets_from_the_dataset(caplog):
     cifar = PerturbationRobustness(dataset="cifar10", autoattack=True, l2_eps=[0.25])
     assert cifar.noise_var == (0.001, 0.005, 0.007) and cifar.l2_eps == (0.25,)
     assert cifar.linf_eps == pytest.approx((1 / 255, 2 / 255, 4 / 255))
-    assert mnist.bands == 10 and mnist.band_var == 0.01 and mnist.num_samples == 1000
+    assert mnist.bands == 10 and mnist.num_samples == 1000 and mnist.attack_num_samples is None
+    # band variances from the authors' freq-robust/eval_AA_cluster.py:61, :77, :96
+    assert (mnist.band_var, cifar.band_var) == (0.1, 0.01)
+    assert PerturbationRobustness(dataset="fashion_mnist").band_var == 0.1
+    assert PerturbationRobustness(dataset="cifar10", band_var=0.2).band_var == 0.2
     keys = set(cifar.perturbation_fns(torch.device("cpu")))
     assert {"gaussian@0.001", "band@9", "pgd_l2@0.25", "autoattack_linf@0.00392157",
             "autoattack_l2@0.25"} <= keys
     with caplog.at_level(logging.WARNING, logger="robusthp.callbacks.perturbation"):
         other = PerturbationRobustness(dataset="svhn", l2_eps=[0.1])
     assert other.noise_var == (0.01, 0.05, 0.1) and "no budgets for dataset 'svhn'" in caplog.text
-    assert PerturbationRobustness(noise_var=[], l2_eps=[]).noise_var == ()  # no dataset needed
+    assert PerturbationRobustness(noise_var=[], l2_eps=[], bands=0).noise_var == ()  # no dataset needed
 
 
 def test_autoattack_keys():
@@ -148,6 +153,20 @@ def test_autoattack_keys():
     results = cb.evaluate(Net().net, loader(8))
     assert {"autoattack_linf_acc@0.5", "autoattack_l2_acc@3", "pgd_l2_acc@3"} <= set(results)
     assert results["autoattack_linf_acc@0.5"] <= results["perturbation_clean_acc"]
+
+
+def test_attacks_run_on_the_first_attack_num_samples_and_noise_on_all():
+    _, Net, _ = user_classes("lightning.pytorch")
+    model = Net().net
+    split = small_callback(num_samples=None, attack_num_samples=20).evaluate(model, loader(40))
+    first = small_callback(num_samples=20).evaluate(model, loader(40))  # all on the first 20
+    whole = small_callback(num_samples=None).evaluate(model, loader(40))  # all on all 40
+    assert split["perturbation_num_samples"] == 40 and split["perturbation_attack_num_samples"] == 20
+    assert whole["perturbation_attack_num_samples"] == 40
+    assert split["pgd_l2_acc@0.5"] == first["pgd_l2_acc@0.5"]
+    assert split["perturbation_attack_clean_acc"] == first["perturbation_clean_acc"]
+    for key in ("perturbation_clean_acc", "gaussian_acc@0.1", "band_acc@2"):
+        assert split[key] == whole[key]
 
 
 def test_a_diverged_model_is_skipped():
@@ -169,6 +188,8 @@ def test_a_diverged_model_is_skipped():
         ({"l2_eps": "big"}, "l2_eps must be"),
         ({"bands": -1}, "bands must be >= 0, got -1"),
         ({"band_var": 0.0}, "band_var must be a positive number, got 0.0"),
+        ({"band_var": None}, "band_var=None .* dataset is None"),
+        ({"attack_num_samples": 0}, "attack_num_samples must be >= 1, got 0"),
         ({"l2_steps": 0}, "l2_steps must be >= 1, got 0"),
         ({"autoattack": "yes"}, "autoattack must be true or false, got 'yes'"),
         ({"seed": 1.5}, "seed must be an integer, got 1.5"),

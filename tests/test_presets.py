@@ -32,7 +32,7 @@ def _one_step_settings(overrides, root):
 
 
 # ResNet18's after-training measures (Lipschitz bound, L2 PGD, band noise) on the CPU: ~90 s
-_SLOW = {"optimizers_cifar10_resnet18"}
+_SLOW = {"optimizers_cifar10_resnet18", "optimizers_cifar10_preact_resnet18"}
 
 
 @pytest.mark.parametrize("overrides", [pytest.param([f"experiment={e}"], marks=pytest.mark.slow)
@@ -49,3 +49,54 @@ def test_preset_takes_one_sgd_step(overrides, synthetic_root, tmp_path):
     assert record["steps"] == 1
     assert record["metrics"]["train_loss"] is not None and record["metrics"]["train_loss"] > 0
     assert record["sgd"]["regime"] == settings.sgd.regime
+
+
+# ---- the optimizer study's presets at the authors' settings (Ma et al. 2023) ------------
+
+
+def _settings(overrides):
+    with initialize_config_module("robusthp.conf", version_base="1.3"):
+        return settings_from_config(compose("config", overrides=overrides))
+
+
+FULL = ["optimizers_mnist_stdcnn", "optimizers_fashion_mnist_stdcnn", "optimizers_cifar10_resnet18",
+        "optimizers_cifar10_preact_resnet18"]
+CPU = ["optimizers_mnist_stdcnn_cpu", "optimizers_fashion_mnist_stdcnn_cpu"]
+
+
+def test_every_optimizer_preset_is_listed():
+    assert sorted(FULL + CPU) == [e for e in EXPERIMENTS if e.startswith("optimizers_")]
+
+
+@pytest.mark.parametrize("experiment", FULL)
+def test_full_presets_evaluate_as_the_authors(experiment):
+    pert = _settings([f"experiment={experiment}"]).perturbation
+    # noise on the whole test set (opt-robust/src/evaluation.py:46-117), AutoAttack on the
+    # first 1,000 (evaluation.py:133)
+    assert pert.enabled and pert.num_samples is None and pert.attack_num_samples == 1000
+    assert pert.autoattack is True
+
+
+@pytest.mark.parametrize("experiment", CPU)
+def test_cpu_presets_keep_their_subset_and_skip_autoattack(experiment):
+    pert = _settings([f"experiment={experiment}"]).perturbation
+    assert (pert.num_samples, pert.attack_num_samples, pert.autoattack) == (500, None, False)
+
+
+def test_fashion_mnist_presets_take_the_authors_fashion_budgets():
+    # freq-robust/main.py:98-101: L-inf eps 0.01, 0.03, 0.05 (MNIST's are 0.05, 0.07, 0.1)
+    for experiment in ("optimizers_fashion_mnist_stdcnn", "optimizers_fashion_mnist_stdcnn_cpu"):
+        settings = _settings([f"experiment={experiment}"])
+        assert settings.adversarial.eps == pytest.approx((0.01, 0.03, 0.05))
+        assert settings.data.dataset == "fashion_mnist"
+
+
+@pytest.mark.parametrize("regime, lr, drops", [("sgd_ma2023", 0.2, (100, 150)), ("adam", 2e-4, ()),
+                                               ("rmsprop", 5e-4, ())])
+def test_cifar10_preact_preset_is_the_authors_setting(regime, lr, drops):
+    s = _settings(["experiment=optimizers_cifar10_preact_resnet18", f"regime={regime}"])
+    assert s.model == "preact_resnet18" and s.data.dataset == "cifar10"
+    assert s.model_kwargs == {"batchnorm": False, "input_normalization": False}
+    assert (s.data.batch_size, s.train.epochs, s.data.val_size, s.train.validate) == (128, 200, 0, False)
+    assert s.sgd.lr == pytest.approx(lr) and s.sgd.momentum == 0.0 and s.sgd.weight_decay == 0.0
+    assert tuple(s.sgd.lr_drop_epochs) == drops and s.sgd.lr_drop_factor == pytest.approx(0.1)

@@ -111,6 +111,7 @@ def _study_callbacks(settings: RunSettings, on: str) -> list[pl.Callback]:
             noise_var=pert.noise_var, bands=pert.bands, band_var=pert.band_var, l2_eps=pert.l2_eps,
             l2_steps=pert.l2_steps, autoattack=pert.autoattack, linf_eps=pert.linf_eps,
             dataset=settings.data.dataset, num_samples=pert.num_samples,
+            attack_num_samples=pert.attack_num_samples,
             batch_size=pert.batch_size, **common,
         ))
     if fn.enabled:

@@ -22,7 +22,6 @@ from typing import Any
 
 from robusthp.catalog import (
     DATASETS,
-    MA2023_BAND_VAR,
     MA2023_BANDS,
     MA2023_NUM_SAMPLES,
     REGIMES,
@@ -375,12 +374,15 @@ def optional_eps_values(value: Any, key: str) -> tuple[float, ...] | None:
 class PerturbationSettings(Checked):
     """Accuracy under perturbations other than the paper's L-inf attacks (Ma et al. 2023):
     Gaussian noise, DCT band-limited noise, L2 PGD and optionally AutoAttack; [0, 1] pixels.
-    ``None`` budgets take the dataset's from ``robusthp.catalog.MA2023_BUDGETS``."""
+    ``None`` budgets take the dataset's from ``robusthp.catalog.MA2023_BUDGETS``. The noises
+    run on the first ``num_samples`` test points, the attacks (PGD-L2, AutoAttack) on the
+    first ``attack_num_samples`` of those: the authors add noise to the whole test set and
+    attack the first 1,000 (``robusthp.catalog.MA2023_NUM_SAMPLES``)."""
 
     enabled: bool = setting(False, "eval.perturbation.enabled", boolean)
     noise_var: tuple[float, ...] | None = setting(None, "eval.perturbation.noise_var", optional_eps_values)
     bands: int = setting(MA2023_BANDS, "eval.perturbation.bands", integer(0))  # 0: no band noise
-    band_var: float = setting(MA2023_BAND_VAR, "eval.perturbation.band_var", positive_number)
+    band_var: float | None = setting(None, "eval.perturbation.band_var", optional_positive_number)
     l2_eps: tuple[float, ...] | None = setting(None, "eval.perturbation.l2_eps", optional_eps_values)
     l2_steps: int = setting(40, "eval.perturbation.l2_steps", integer(1))  # alpha: 2.5 eps / steps
     # AutoAttack (standard version, torchattacks) at the L-inf and L2 budgets: slow, off by default
@@ -388,6 +390,9 @@ class PerturbationSettings(Checked):
     linf_eps: tuple[float, ...] | None = setting(None, "eval.perturbation.linf_eps", optional_eps_values)
     num_samples: int | None = setting(MA2023_NUM_SAMPLES, "eval.perturbation.num_samples",
                                       integer(1, optional=True))
+    # None: the attacks run on every one of the num_samples points
+    attack_num_samples: int | None = setting(None, "eval.perturbation.attack_num_samples",
+                                             integer(1, optional=True))
     batch_size: int | None = setting(1000, "eval.perturbation.batch_size", integer(1, optional=True))
 
 

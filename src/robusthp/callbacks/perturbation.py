@@ -21,9 +21,11 @@ fit end, the running test's loader at test end; none at fit end moves the evalua
 the next ``trainer.test``), global rank zero only, not after an interrupted fit, and a
 diverged model is skipped: ``results == {"perturbation_skipped": reason}``.
 
-Budgets: a budget left None (``noise_var``, ``l2_eps``, ``linf_eps``) is the study's for
-``dataset`` (``robusthp.catalog.perturbation_budgets``); an empty list turns that kind
-off. Each perturbation (kind and budget) draws its noise from its own private
+Budgets: a budget left None (``noise_var``, ``band_var``, ``l2_eps``, ``linf_eps``) is the
+study's for ``dataset`` (``robusthp.catalog.perturbation_budgets``); an empty list turns
+that kind off. The noises run on the first ``num_samples`` test points, the attacks
+(PGD-L2, AutoAttack) on the first ``attack_num_samples`` of those (None: all), as the
+authors add noise to the whole test set and attack the first 1,000. Each perturbation (kind and budget) draws its noise from its own private
 ``torch.Generator`` seeded ``seed`` on the model's device, so adding or removing one
 never changes another's draws, and the Gaussian variances share their standard-normal
 draws. The draws depend on ``batch_size`` (the batches they are drawn in); PGD-L2 is
@@ -39,7 +41,9 @@ deterministic; AutoAttack uses torchattacks' ``seed``.
 * ``pgd_l2_acc@<eps>`` per L2 eps;
 * with ``autoattack``: ``autoattack_linf_acc@<eps>`` per ``linf_eps`` and
   ``autoattack_l2_acc@<eps>`` per ``l2_eps``;
-* ``perturbation_num_samples``, ``perturbation_bands`` (int), ``perturbation_time_s``.
+* ``perturbation_num_samples`` (the noises' points), ``perturbation_bands`` (int),
+  ``perturbation_time_s``; with any attack, ``perturbation_attack_num_samples`` and
+  ``perturbation_attack_clean_acc`` (clean accuracy on the attacked points).
 
 Loggers get the accuracies and the band drops, prefixed ``pert/``. The model's
 train/eval flags, parameters' ``.grad`` and the global RNGs (torch's CPU, Python's,
@@ -79,13 +83,14 @@ class _PerturbationRobustnessLogic(shared.TestDataEvaluation):
         self,
         noise_var: float | Sequence[float] | None = PerturbationSettings.noise_var,
         bands: int = PerturbationSettings.bands,
-        band_var: float = PerturbationSettings.band_var,
+        band_var: float | None = PerturbationSettings.band_var,
         l2_eps: float | Sequence[float] | None = PerturbationSettings.l2_eps,
         l2_steps: int = PerturbationSettings.l2_steps,
         autoattack: bool = PerturbationSettings.autoattack,
         linf_eps: float | Sequence[float] | None = PerturbationSettings.linf_eps,
         dataset: str | None = None,
         num_samples: int | None = PerturbationSettings.num_samples,
+        attack_num_samples: int | None = PerturbationSettings.attack_num_samples,
         dataloader: Iterable[Any] | None = None,
         batch_to_xy: shared.BatchToXY | None = None,
         on: str | Sequence[str] = ("fit_end",),
@@ -95,7 +100,7 @@ class _PerturbationRobustnessLogic(shared.TestDataEvaluation):
     ) -> None:
         super().__init__()
         self.bands = shared.check_value(_OWNER, integer(0), bands, "bands")
-        self.band_var = shared.check_value(_OWNER, positive_number, band_var, "band_var")
+        self.band_var = _band_var(band_var, dataset, needed=bool(self.bands))
         self.l2_steps = shared.check_value(_OWNER, integer(1), l2_steps, "l2_steps")
         self.autoattack = shared.check_value(_OWNER, boolean, autoattack, "autoattack")
         self.dataset = dataset
@@ -107,6 +112,8 @@ class _PerturbationRobustnessLogic(shared.TestDataEvaluation):
         self.on, self.num_samples, self.batch_size, self.batch_to_xy = shared.check_common(
             _OWNER, on=on, num_samples=num_samples, batch_size=batch_size, batch_to_xy=batch_to_xy
         )
+        self.attack_num_samples = shared.check_value(
+            _OWNER, integer(1, optional=True), attack_num_samples, "attack_num_samples")
         self.seed = shared.check_value(_OWNER, integer(), seed, "seed")
         self.dataloader, self.progress = dataloader, bool(progress)
         self.results: dict[str, Any] = {}
@@ -121,14 +128,25 @@ class _PerturbationRobustnessLogic(shared.TestDataEvaluation):
     def evaluate(
         self, model: nn.Module, loader: Iterable[Any], device: torch.device | str | None = None
     ) -> dict[str, Any]:
-        """Clean and perturbed accuracy of ``model`` on the first ``num_samples`` of
-        ``loader``: the keys of the module docstring."""
+        """Clean and noisy accuracy of ``model`` on the first ``num_samples`` of ``loader``,
+        attacked accuracy on the first ``attack_num_samples`` of those: the keys of the
+        module docstring."""
         start = time.perf_counter()
         batches = shared.gather_batches(loader, self.num_samples, self.batch_to_xy, self.batch_size)
         fns = self.perturbation_fns(_device_of(model, device))
+        noises = {k: fn for k, fn in fns.items() if k.startswith(_NOISES)}
+        attacks = {k: fn for k, fn in fns.items() if k not in noises}
+        attack_batches = _first(batches, self.attack_num_samples)
+        total = len(batches) + (len(attack_batches) if attacks else 0)
         with shared.progress_bar(self.progress, "perturbation eval") as progress:
-            accs = robust_accuracy(model, batches, fns, device=device, progress=progress)
+            accs = robust_accuracy(model, batches, noises, device=device,
+                                   progress=lambda done, _: progress(done, total))
+            if attacks:
+                attacked = robust_accuracy(model, attack_batches, attacks, device=device,
+                                           progress=lambda done, _: progress(len(batches) + done, total))
         results = self._named(accs)
+        if attacks:
+            results.update(self._attacked(attacked))
         results["perturbation_time_s"] = time.perf_counter() - start
         return results
 
@@ -159,9 +177,16 @@ class _PerturbationRobustnessLogic(shared.TestDataEvaluation):
         results: dict[str, Any] = {"perturbation_clean_acc": clean}
         results.update({k: v for k, v in accs.items() if k.startswith(("gaussian_acc@", "band_acc@"))})
         results.update({f"band_drop@{i}": clean - accs[f"band_acc@{i}"] for i in range(self.bands)})
-        results.update({k: v for k, v in accs.items() if k.startswith(("pgd_l2_acc@", "autoattack_"))})
         results["perturbation_num_samples"] = accs["num_samples"]
         results["perturbation_bands"] = int(self.bands)
+        return results
+
+    @staticmethod
+    def _attacked(accs: dict[str, float]) -> dict[str, Any]:
+        """The attacks' accuracies, with the size and clean accuracy of their subset."""
+        results = {k: v for k, v in accs.items() if k.startswith(("pgd_l2_acc@", "autoattack_"))}
+        results["perturbation_attack_num_samples"] = accs["num_samples"]
+        results["perturbation_attack_clean_acc"] = accs["clean_acc"]
         return results
 
 
@@ -174,7 +199,8 @@ class PerturbationRobustness(_PerturbationRobustnessLogic, *shared.callback_base
             the study's for ``dataset`` (MNIST 0.01, 0.05, 0.1; CIFAR-10 0.001, 0.005,
             0.007); ``[]``: no Gaussian noise.
         bands: number of equal-count radial DCT bands (default 10, the study's); 0: no
-            band noise. band_var: variance of the band noise's DCT coefficients (0.01).
+            band noise. band_var: variance of the band noise's DCT coefficients. None:
+            the study's for ``dataset`` (MNIST and Fashion-MNIST 0.1, CIFAR-10 0.01).
         l2_eps: PGD-L2 radii (pixels), also AutoAttack L2's. None: the study's for
             ``dataset`` (MNIST 0.5, 0.7, 1.0; CIFAR-10 0.1, 0.2, 0.3); ``[]``: none.
         l2_steps: PGD-L2 steps (default 40; step ``2.5 * eps / l2_steps``).
@@ -183,8 +209,11 @@ class PerturbationRobustness(_PerturbationRobustnessLogic, *shared.callback_base
         linf_eps: AutoAttack's L-inf radii (pixels). None: the study's for ``dataset``
             (MNIST 0.05, 0.07, 0.1; CIFAR-10 1, 2, 4 /255); only used with ``autoattack``.
         dataset: the dataset whose study budgets fill the None ones (``mnist``,
-            ``fashion_mnist`` (MNIST's), ``cifar10``; any other: MNIST's, with a warning).
-        num_samples: evaluate on the first N test points (default 1000, the study's).
+            ``fashion_mnist``, ``cifar10``; any other: MNIST's, with a warning).
+        num_samples: evaluate on the first N test points (default 1000; None: all, as the
+            study's noise evaluations).
+        attack_num_samples: run PGD-L2 and AutoAttack on the first N of those (default
+            None: all of them; the study attacks the first 1000).
         dataloader, batch_to_xy, on, progress: as ``AdversarialRobustness``'.
         seed: the seed of every noise generator and of AutoAttack (default 0).
         batch_size: re-batch the samples (default 1000; None: the loader's batches).
@@ -194,6 +223,33 @@ class PerturbationRobustness(_PerturbationRobustnessLogic, *shared.callback_base
 
 
 # ---------------------------------------------------------------- helpers
+
+_NOISES = ("gaussian@", "band@")  # the perturbation_fns names that are noise, not attacks
+
+
+def _first(batches: list[tuple[Tensor, Tensor]], n: int | None) -> list[tuple[Tensor, Tensor]]:
+    """The first ``n`` points of ``batches`` (None: all), in the same batches."""
+    if n is None:
+        return batches
+    out, left = [], n
+    for x, y in batches:
+        if left <= 0:
+            break
+        out.append((x[:left], y[:left]))
+        left -= len(y)
+    return out
+
+
+def _band_var(value: float | None, dataset: str | None, needed: bool) -> float | None:
+    """The band noise's variance: the given one, else the study's for ``dataset``."""
+    if value is not None:
+        return shared.check_value(_OWNER, positive_number, value, "band_var")
+    if not needed:
+        return None
+    if dataset is None:
+        raise ValueError(f"{_OWNER}: band_var=None takes the study's for dataset=, but dataset "
+                         f"is None; pass band_var= or dataset= (one of {', '.join(MA2023_BUDGETS)})")
+    return _budget(None, "band_var", dataset)
 
 
 def _budget(
