@@ -48,6 +48,35 @@ kept graph: benchmarks/hessian_memory.py. Data: torchvision MNIST under $ROBUSTH
 or ../shared/datasets (download=False). ~15 minutes on one CPU thread (5 seeds).
 
     python benchmarks/hessian.py --threads 1
+
+With ``--spectrum`` only the cost of the spectrum beyond the top eigenvalue, on the same
+models and 1000 images: per start seed, the top eigenvalue at the defaults (each backend),
+the trace (Hutchinson, to ``--trace-tol`` relative standard error) and the density
+(stochastic Lanczos quadrature, ``--density-vectors`` x ``--density-iter``, PyHessian's
+defaults 1 x 100); each one's time over the top eigenvalue's (the callback's default
+backend, pyhessian, and lanczos), medians over ``--seeds`` seeds. It also prints how far the
+density of fewer Lanczos steps (the first k steps of the same run) is from that of
+``--density-iter`` steps: the Wasserstein-1 distance of the two quadratures (the area
+between their distribution functions) over the spectrum's span, and the largest relative
+error of the top ``TOP_NODES`` nodes (the outliers). The L1 distance of smoothed densities
+says little here: nearly all the weight is in the bulk near 0, resolved by any k.
+
+    python benchmarks/hessian.py --threads 1 --spectrum --seeds 2
+
+Measured (1 thread, a 2-core machine shared with other jobs, so times are noisy; seeds 0-1,
+medians of per-seed ratios over PyHessian's top eigenvalue at its defaults, the callback's
+default backend; over Lanczos's in brackets):
+
+- trace to 5% relative standard error: M1 2.28x (5.34x), 49 and 36 products; StdCNN 2.33x
+  (3.78x), 25 and 34 products. A product costs the same in all three (1.2-1.3 s on M1), so
+  the ratio is that of products: Hutchinson's per-vector spread (about 35% of the trace)
+  sets it, and deflating the first 5-30 Lanczos vectors (Hutch++-like) cut the products
+  needed by less than 1.5x on M1 (the spread is in the bulk, not the outliers).
+- density at PyHessian's defaults (1 vector x 100 steps): M1 5.36x (12.8x), StdCNN 8.15x
+  (12.8x). The first 30 steps of the same runs give the same top-5 nodes to 1e-15 (M1 from
+  20 steps, StdCNN from 30) and a distribution within 1e-4 to 5e-4 of the span (W1) of the
+  100-step one, at about 1.6x (M1) and 2.4x (StdCNN) from the measured time per product:
+  hence ``eval.hessian.density_iter`` 30 by default.
 """
 
 from __future__ import annotations
@@ -62,13 +91,21 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from robusthp.hessian import HessianResult, pyhessian_relative_change, top_eigenvalues
+from robusthp.hessian import (
+    HessianResult,
+    hessian_density,
+    hessian_trace,
+    pyhessian_relative_change,
+    top_eigenvalues,
+)
 from robusthp.models import build_model
 
 MNIST_MEAN, MNIST_STD = (0.1307,), (0.3081,)
 TINY_TOL = 1e-12  # "never stop on tol": run exactly max_iter products
 PYHESSIAN_TOLS = tuple(10.0**-e for e in range(3, 9))  # 1e-3 ... 1e-8
 LANCZOS_TOLS = (1e-1, 1e-2, 1e-3, 1e-4, 1e-5)
+DENSITY_STEPS = (10, 20, 30, 40, 50, 60, 80)  # truncations compared with the full run
+TOP_NODES = 5
 
 
 def parse_args() -> argparse.Namespace:
@@ -83,6 +120,11 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0, help="training seed")
     p.add_argument("--seeds", type=int, default=5, help="start-vector seeds 0..N-1")
     p.add_argument("--no-cold", action="store_true", help="skip Lanczos from a random start")
+    p.add_argument("--spectrum", action="store_true",
+                   help="only the trace's and the density's cost over the top eigenvalue's")
+    p.add_argument("--trace-tol", type=float, default=0.05, help="trace relative std error")
+    p.add_argument("--density-vectors", type=int, default=1, help="SLQ start vectors (n_v)")
+    p.add_argument("--density-iter", type=int, default=100, help="SLQ Lanczos steps (iter)")
     return p.parse_args()
 
 
@@ -318,6 +360,63 @@ def bench_model(name: str, x, y, args) -> None:
     table(title, stops, runs, lam, f"at {target:g}, largest tol each")
 
 
+def w1_over_span(nodes_a, weights_a, nodes_b, weights_b) -> float:
+    """Wasserstein-1 distance of two discrete measures on the line, over b's span."""
+    import numpy as np
+
+    xs = np.sort(np.concatenate([nodes_a, nodes_b]))
+    cdf = [np.array([np.asarray(w)[np.asarray(n) <= x].sum() for x in xs[:-1]])
+           for n, w in ((nodes_a, weights_a), (nodes_b, weights_b))]
+    return float(np.sum(abs(cdf[0] - cdf[1]) * np.diff(xs)) / (max(nodes_b) - min(nodes_b)))
+
+
+def top_nodes_error(nodes, ref) -> float:
+    """Largest relative error of the top TOP_NODES nodes against ``ref``'s."""
+    a, b = sorted(nodes)[-TOP_NODES:], sorted(ref)[-TOP_NODES:]
+    return max(abs(u - v) / abs(v) for u, v in zip(a, b, strict=True))
+
+
+def bench_spectrum(name: str, x, y, args) -> None:
+    """Time of the trace and the density over the top eigenvalue's, same model and data."""
+    print(f"\n=== {name} ({sum(p.numel() for p in build_params(name))} params): spectrum ===")
+    model = train(name, x, y, args)
+    data = [(x, y)]
+    ratios: dict[str, list[float]] = {}
+    print(f"  {'seed':>4} {'pyhessian top':>16} {'lanczos top':>16} {'trace':>26} "
+          f"{'density':>16}")
+    for seed in range(args.seeds):
+        top = {b: top_eigenvalues(model, data, backend=b, seed=seed) for b in backends_()}
+        tr = hessian_trace(model, data, tol=args.trace_tol, seed=seed)
+        de = hessian_density(model, data, n_v=args.density_vectors, iter=args.density_iter,
+                             seed=seed)
+        p, lz = top["pyhessian"], top["lanczos"]
+        print(f"  {seed:>4} {p.top:>7.3f} {p.num_hvp:>3d}h {p.seconds:>4.1f}s "
+              f"{lz.top:>7.3f} {lz.num_hvp:>3d}h {lz.seconds:>4.1f}s "
+              f"{tr.trace:>8.2f}+-{tr.se:<6.2f} {tr.num_hvp:>3d}h {tr.seconds:>5.1f}s "
+              f"{max(de.nodes[0]):>7.3f} {de.num_hvp:>3d}h {de.seconds:>5.1f}s")
+        for what, t in (("trace", tr.seconds), ("density", de.seconds)):
+            for backend, r in top.items():
+                ratios.setdefault(f"{what} / top eigenvalue ({backend})", []).append(t / r.seconds)
+        if seed == 0:
+            parts = []
+            for k in (k for k in DENSITY_STEPS if k < args.density_iter):
+                nodes, weights = de.truncated(k)
+                w1 = w1_over_span(nodes[0], weights[0], de.nodes[0], de.weights[0])
+                cost = de.seconds * k / args.density_iter / top["pyhessian"].seconds
+                parts.append(f"k={k}: W1/span {w1:.1e}, top-{TOP_NODES} nodes "
+                             f"{top_nodes_error(nodes[0], de.nodes[0]):.1e}, ~{cost:.2f}x "
+                             "pyhessian's top eigenvalue (the measured time per product)")
+            print(f"  density of the first k steps vs all {args.density_iter} (seed 0, vector "
+                  "0):\n    " + "\n    ".join(parts))
+    for label, values in ratios.items():
+        print(f"  {label}: {statistics.median(values):.2f}x (median of {len(values)} seeds; "
+              f"{', '.join(f'{v:.2f}' for v in values)})")
+
+
+def backends_() -> tuple[str, ...]:
+    return ("pyhessian", "lanczos")
+
+
 def build_params(name: str):
     return build_model(
         name, in_channels=1, num_classes=10, image_size=28, mean=MNIST_MEAN, std=MNIST_STD
@@ -334,7 +433,7 @@ def main() -> None:
         f"{len(y)} MNIST training images as one batch; target rel err {args.target:g}"
     )
     for name in args.models:
-        bench_model(name, x, y, args)
+        (bench_spectrum if args.spectrum else bench_model)(name, x, y, args)
     print(f"\ntotal {time.perf_counter() - start:.0f} s")
 
 

@@ -339,7 +339,7 @@ def test_spectrum_is_off_by_default():
     cb = HessianEigenvalues()
     assert (cb.trace, cb.density, cb.per_layer) == (False, False, False)
     assert (cb.trace_tol, cb.trace_max_iter, cb.density_vectors, cb.density_iter) == (
-        0.05, 100, 1, 100)
+        0.05, 100, 1, 30)
 
 
 @pytest.mark.parametrize("ns", NAMESPACES)
