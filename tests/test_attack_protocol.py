@@ -251,3 +251,20 @@ def test_callback_worst_autoattack_and_bounded_curve(trained):
     assert results["min_eps_bounded"] >= 0
     with pytest.raises(ValueError, match="pgd_restarts"):
         AdversarialRobustness(eps=0.1, pgd_restarts=0)
+
+
+def test_callback_autoattack_on_a_subset(trained):
+    """AutoAttack on the first 12 of 48 points: its accuracy and the worst case count those
+    12; FGSM and clean count all 48; the curve's cap uses AutoAttack only where it ran."""
+    model, x, y = trained
+    loader = DataLoader(TensorDataset(x[:48], y[:48]), batch_size=20)
+    cb = AdversarialRobustness(eps=0.1, attacks=("fgsm", "autoattack"), autoattack_num_samples=12,
+                               min_eps=True, progress=False, batch_size=None)
+    results = cb.evaluate(model, loader)
+    assert results["adversarial_num_samples"] == 48 and results["autoattack_num_samples"] == 12
+    fgsm_first = acc(model, bind("fgsm", eps=0.1)(model, x[:12], y[:12]), y[:12])
+    aa_first = acc(model, autoattack(model, x[:12], y[:12], eps=0.1), y[:12])
+    assert results["autoattack_acc"] == pytest.approx(aa_first.double().mean().item(), abs=0)
+    assert results["worst_acc"] == pytest.approx((fgsm_first & aa_first).double().mean().item(), abs=0)
+    assert results["fgsm_acc"] == pytest.approx(
+        acc(model, bind("fgsm", eps=0.1)(model, x[:48], y[:48]), y[:48]).double().mean().item(), abs=0)

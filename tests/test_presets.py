@@ -100,3 +100,26 @@ def test_cifar10_preact_preset_is_the_authors_setting(regime, lr, drops):
     assert (s.data.batch_size, s.train.epochs, s.data.val_size, s.train.validate) == (128, 200, 0, False)
     assert s.sgd.lr == pytest.approx(lr) and s.sgd.momentum == 0.0 and s.sgd.weight_decay == 0.0
     assert tuple(s.sgd.lr_drop_epochs) == drops and s.sgd.lr_drop_factor == pytest.approx(0.1)
+
+
+# ---- the attack protocol of the presets -------------------------------------------------
+
+
+@pytest.mark.parametrize("preset", [e for e in EXPERIMENTS if e.startswith("paper_") and e != "paper_reduced_cpu"])
+def test_paper_presets_keep_fgsm_and_pgd40_primary_and_add_autoattack(preset):
+    adv = _settings([f"experiment={preset}"]).adversarial
+    assert adv.attacks[:2] == ("fgsm", "pgd") and adv.pgd_steps == 40 and adv.pgd_restarts == 1
+    assert "autoattack" in adv.attacks and adv.autoattack_num_samples == 500
+
+
+@pytest.mark.parametrize("preset, autoattack", [("adv_training_mnist", True), ("adv_training_mnist_cpu", False)])
+def test_adversarial_training_presets_evaluate_with_restarts(preset, autoattack):
+    adv = _settings([f"experiment={preset}"]).adversarial
+    assert adv.pgd_restarts == 5
+    assert ("autoattack" in adv.attacks) is autoattack
+
+
+@pytest.mark.parametrize("preset", ["quick", "paper_reduced_cpu", "optimizers_mnist_stdcnn_cpu",
+                                    "invariance_mnist_cpu"])
+def test_cpu_presets_leave_autoattack_out(preset):
+    assert "autoattack" not in _settings([f"experiment={preset}"]).adversarial.attacks

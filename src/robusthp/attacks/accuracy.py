@@ -147,19 +147,25 @@ def correct_masks(
 def worst_case(masks: Mapping[str, Tensor]) -> dict[str, Tensor]:
     """``{"worst[@eps]": mask}``: a point is robust at an ``@eps`` only if it is correct
     under every attack of that suffix (the per-point minimum over attacks, as AutoAttack
-    and RobustBench count), so its accuracy is <= each of those attacks'."""
+    and RobustBench count), so its accuracy is <= each of those attacks'. An attack run on
+    only the first n points (a shorter mask) limits the worst case to those n."""
     groups: dict[str, list[Tensor]] = {}
     for name, mask in masks.items():
         if name != "clean":
             _, at, eps = name.partition("@")
             groups.setdefault(f"worst{at}{eps}", []).append(mask)
-    return {name: torch.stack(group).all(0) for name, group in groups.items()}
+    out = {}
+    for name, group in groups.items():
+        n = min(int(mask.numel()) for mask in group)
+        out[name] = torch.stack([mask[:n] for mask in group]).all(0)
+    return out
 
 
 def accuracies(masks: Mapping[str, Tensor]) -> dict[str, float]:
-    """``{acc_key(name): fraction correct, ..., "num_samples": N}`` of per-point masks."""
+    """``{acc_key(name): fraction correct of its points, ..., "num_samples": N}`` of
+    per-point masks (N: the clean mask's points; a shorter mask counts its own)."""
     seen = int(masks["clean"].numel())
-    accs = {acc_key(name): int(mask.sum()) / seen for name, mask in masks.items()}
+    accs = {acc_key(name): int(mask.sum()) / max(int(mask.numel()), 1) for name, mask in masks.items()}
     _warn_if_pgd_weaker(accs)
     return {**accs, "num_samples": float(seen)}
 

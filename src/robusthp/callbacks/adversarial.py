@@ -107,6 +107,7 @@ class _AdversarialRobustnessLogic(shared.TestDataEvaluation):
         pgd_alpha: float | None = AdversarialSettings.pgd_alpha,
         random_start: bool = AdversarialSettings.random_start,
         pgd_restarts: int = AdversarialSettings.pgd_restarts,
+        autoattack_num_samples: int | None = AdversarialSettings.autoattack_num_samples,
         num_samples: int | None = AdversarialSettings.num_samples,
         dataloader: Iterable[Any] | None = None,
         batch_to_xy: shared.BatchToXY | None = None,
@@ -136,6 +137,8 @@ class _AdversarialRobustnessLogic(shared.TestDataEvaluation):
         check_attack_args(eps=self.eps[0], alpha=pgd_alpha, steps=pgd_steps)
         self.pgd_steps, self.pgd_alpha, self.random_start = pgd_steps, pgd_alpha, bool(random_start)
         self.pgd_restarts = shared.check_value(_OWNER, integer(1), pgd_restarts, "pgd_restarts")
+        self.autoattack_num_samples = shared.check_value(
+            _OWNER, integer(1, optional=True), autoattack_num_samples, "autoattack_num_samples")
         self.on, self.num_samples, self.batch_size, self.batch_to_xy = shared.check_common(
             _OWNER, on=on, num_samples=num_samples, batch_size=batch_size, batch_to_xy=batch_to_xy
         )
@@ -159,11 +162,23 @@ class _AdversarialRobustnessLogic(shared.TestDataEvaluation):
         dev = _device_of(model, device)
         readings = self.readings(model)
         attack_fns = self._attack_fns(readings, dev)
+        subset = {k: fn for k, fn in attack_fns.items() if self._on_subset(k)}
         with shared.progress_bar(self.progress, "adversarial eval") as progress:
-            masks = correct_masks(model, batches, attack_fns, device=device, progress=progress)
+            masks = correct_masks(model, batches, {k: fn for k, fn in attack_fns.items()
+                                                   if k not in subset}, device=device, progress=progress)
+        if subset:  # AutoAttack on the first autoattack_num_samples points only
+            first = _first(batches, self.autoattack_num_samples)
+            with shared.progress_bar(self.progress, "autoattack") as progress:
+                on_first = correct_masks(model, first, subset, device=device, progress=progress)
+            on_first.pop("clean")  # those points' clean accuracy; "clean" counts them all
+            masks.update(on_first)
+            results_n = {"autoattack_num_samples": float(on_first[next(iter(on_first))].numel())}
+        else:
+            results_n = {}
         masks.update(worst_case(masks))
         results: dict[str, Any] = self._with_primary_keys(accuracies(masks), readings)
         results["adversarial_num_samples"] = results.pop("num_samples")
+        results.update(results_n)
         results["adversarial_eps"] = [
             {"key": r.key, "eps": r.eps, "space": r.space, "pixel_eps": list(r.pixel_eps)}
             for r in readings
@@ -189,8 +204,8 @@ class _AdversarialRobustnessLogic(shared.TestDataEvaluation):
                 stars.append(minimal_eps(model, x, y, eps_max=eps_max, scale=scale_t).cpu())
                 progress(done, len(batches))
         searched = torch.cat(stars)
-        fooled_at = [(r.eps, ~masks[f"{name}@{r.key}"]) for r in readings if r.space == space
-                     for name in self.attacks]
+        fooled_at = [(r.eps, _fooled(masks[f"{name}@{r.key}"], len(searched)))
+                     for r in readings if r.space == space for name in self.attacks]
         bounded = bounded_by_attacks(searched, fooled_at)
         return {**min_eps_summary(bounded, eps_max), "min_eps_space": space,
                 "min_eps_bounded": int((bounded < searched).sum())}
@@ -221,6 +236,9 @@ class _AdversarialRobustnessLogic(shared.TestDataEvaluation):
             f"{name}@{r.key}": bind(name, **self._settings(name, r.pixel_box(device), device))
             for r in readings for name in self.attacks
         }
+
+    def _on_subset(self, attack_key: str) -> bool:
+        return attack_key.startswith("autoattack@") and self.autoattack_num_samples is not None
 
     def _settings(self, name: str, eps: float | Tensor, device: torch.device) -> dict[str, Any]:
         if name == "autoattack":
@@ -258,6 +276,9 @@ class AdversarialRobustness(_AdversarialRobustnessLogic, *shared.callback_bases(
             False), drawn from a private generator seeded ``seed``.
         pgd_restarts: PGD runs per point (default 1); the further ones start at random
             points of the eps-ball from the same seeded generator.
+        autoattack_num_samples: run AutoAttack on the first N of the evaluated points only
+            (default None: all); its accuracy and ``worst_acc`` then count those N
+            (``autoattack_num_samples`` in the results).
         num_samples: evaluate on the first N test points (default None: all).
         dataloader: data to attack. Default: the datamodule's ``test_dataloader()`` at fit
             end, the running test's loader at test end; no data at fit end moves the
@@ -285,6 +306,25 @@ class AdversarialRobustness(_AdversarialRobustnessLogic, *shared.callback_bases(
 
 
 # ---------------------------------------------------------------- helpers
+
+
+def _first(batches: Sequence[tuple[Tensor, Tensor]], n: int) -> list[tuple[Tensor, Tensor]]:
+    """The first ``n`` points of ``batches``, in the same batches."""
+    out, left = [], n
+    for x, y in batches:
+        if left <= 0:
+            break
+        out.append((x[:left], y[:left]))
+        left -= int(y.shape[0])
+    return out
+
+
+def _fooled(correct: Tensor, n: int) -> Tensor:
+    """``(n,)``: True where the attack fooled the point; points it did not run on: False."""
+    fooled = torch.zeros(n, dtype=torch.bool)
+    fooled[: correct.numel()] = ~correct
+    return fooled
+
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-ATTACK_ORDER = ("fgsm", "pgd", "gaussian", "pgd_l2", "autoattack_l2", "autoattack_linf",
+ATTACK_ORDER = ("fgsm", "pgd", "autoattack", "worst", "gaussian", "pgd_l2", "autoattack_l2", "autoattack_linf",
                 "band")  # then any other attack by name
 READINGS = {"": "pixel", "norm": "normalized"}  # key suffix -> eps reading, in column order
 MIN_EPS_METRICS = ("median_min_eps", "min_eps_auc", "min_eps_above_max")  # numeric, summarized

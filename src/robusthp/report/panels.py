@@ -34,6 +34,14 @@ PANELS = (
 )
 """The panels of a run with plain keys only (the paper's four)."""
 
+STRONG_PANELS = (
+    Panel("autoattack_acc", "AutoAttack accuracy", "accuracy under attack"),
+    Panel("worst_acc", "Worst case accuracy", "accuracy under every attack"),
+)
+"""Drawn where runs recorded them: AutoAttack, and the per-point worst case of all attacks."""
+
+ATTACK_NAMES = {"autoattack": "AutoAttack", "worst": "Worst case"}
+
 
 def panels_for(runs: pd.DataFrame) -> list[Panel]:
     """The panels for ``runs``, in figure order (panels of metrics with no value included:
@@ -42,6 +50,9 @@ def panels_for(runs: pd.DataFrame) -> list[Panel]:
     out = [test]
     for plain in (fgsm, pgd):
         out += _attack_panels(runs, plain)
+    for plain in STRONG_PANELS:
+        if _recorded(runs, plain.metric):
+            out += _attack_panels(runs, plain)
     out.append(hessian)
     if "hessian_top_eig@test" in runs.columns:
         out.append(Panel("hessian_top_eig@test", "Top Hessian eigenvalue (test loss)",
@@ -52,25 +63,37 @@ def panels_for(runs: pd.DataFrame) -> list[Panel]:
     return out
 
 
+def _recorded(runs: pd.DataFrame, metric: str) -> bool:
+    attack = metric.removesuffix("_acc")
+    return metric in runs.columns or any(k.attack == attack for k in acc_keys(runs.columns))
+
+
 def _attack_panels(runs: pd.DataFrame, plain: Panel) -> list[Panel]:
     attack = plain.metric.removesuffix("_acc")
     name = _attack_name(runs, attack)
     keys = [k for k in acc_keys(runs.columns) if k.attack == attack]
     out = [Panel(k.key, f"{name} accuracy, {k.eps_text}", plain.ylabel) for k in keys]
     suffixed = runs[[k.key for k in keys]].notna().any(axis=1) if keys else False
-    if (runs[plain.metric].notna() & ~suffixed).any() or not out:
-        title = plain.title if name == attack.upper() else f"{name} accuracy"
+    values = runs[plain.metric] if plain.metric in runs.columns else pd.Series(float("nan"), index=runs.index)
+    if (values.notna() & ~suffixed).any() or not out:
+        title = plain.title if name in (attack.upper(), ATTACK_NAMES.get(attack)) else f"{name} accuracy"
         out.insert(0, Panel(plain.metric, title, plain.ylabel))
     return out
 
 
 def _attack_name(runs: pd.DataFrame, attack: str) -> str:
-    """``PGD-40`` when every run of the figure has the same, known PGD steps; else ``PGD``."""
+    """``PGD-40`` when every run of the figure has the same, known PGD steps (``PGD-40 x5``
+    with 5 restarts each); else ``PGD``."""
     if attack != "pgd" or "pgd_steps" not in runs.columns:
-        return attack.upper()
+        return ATTACK_NAMES.get(attack, attack.upper())
     steps = runs["pgd_steps"].dropna().unique()
-    return f"PGD-{int(steps[0])}" if len(steps) == 1 and runs["pgd_steps"].notna().all() \
-        else "PGD"
+    if len(steps) != 1 or not runs["pgd_steps"].notna().all():
+        return "PGD"
+    restarts = runs["pgd_restarts"].dropna().unique() if "pgd_restarts" in runs.columns else []
+    if len(restarts) > 1:  # runs with different restarts: one name would be wrong for some
+        return "PGD"
+    times = f" x{int(restarts[0])}" if len(restarts) == 1 and int(restarts[0]) > 1 else ""
+    return f"PGD-{int(steps[0])}{times}"
 
 
 def _min_eps_spaces(runs: pd.DataFrame) -> dict[str, str]:

@@ -29,11 +29,11 @@ UNREADABLE = "unreadable"  # status given to a results.json that cannot be parse
 GROUP_KEYS = ("dataset", "model", "regime", "momentum", "batch_size", "lr", "epochs", "rotation",
               "adv_train")
 """A cell of the sweep: every setting except the seed."""
-IN_MEMORY = ("error", "pgd_steps", "min_eps_curve", "hessian_density", "untrained",
+IN_MEMORY = ("error", "pgd_steps", "pgd_restarts", "min_eps_curve", "hessian_density", "untrained",
              "untrained_threshold")
 """Columns of :func:`collect` that results.csv does not hold (``untrained`` only when set)."""
 _INT_COLUMNS = ("batch_size", "seed", "epochs")
-_FLOAT_COLUMNS = ("momentum", "lr", "rotation", *METRICS, "wall_time_s", "pgd_steps")
+_FLOAT_COLUMNS = ("momentum", "lr", "rotation", *METRICS, "wall_time_s", "pgd_steps", "pgd_restarts")
 
 
 def collect(dirs: Iterable[str | os.PathLike], *,
@@ -54,7 +54,8 @@ def collect(dirs: Iterable[str | os.PathLike], *,
             raise FileNotFoundError(f"sweep dir not found: {d}")
     rows = [_row(path) for path in find_results(*dirs)]
     extras = extra_columns({k for row in rows for k in row})
-    columns = [*COLUMNS, *extras, "error", "pgd_steps", "min_eps_curve", "hessian_density"]
+    columns = [*COLUMNS, *extras, "error", "pgd_steps", "pgd_restarts", "min_eps_curve",
+               "hessian_density"]
     return _typed(pd.DataFrame(rows, columns=columns), untrained_margin)
 
 
@@ -71,17 +72,20 @@ def _row(path: Path) -> dict[str, Any]:
     row |= {"status": data.get("status"), "wall_time_s": data.get("wall_time_s"),
             "error": data.get("error"), "min_eps_curve": metrics.get("min_eps_curve"),
             "hessian_density": metrics.get("hessian_density"),
-            "pgd_steps": _pgd_steps(data, used)}
+            "pgd_steps": _pgd_setting(data, used, "pgd_steps"),
+            "pgd_restarts": _pgd_setting(data, used, "pgd_restarts", default=1)}
     return row
 
 
-def _pgd_steps(data: dict, used: list[dict]) -> int | None:
-    """PGD steps of the run's config; None when unknown or a re-evaluation changed them."""
+def _pgd_setting(data: dict, used: list[dict], key: str, default: int | None = None) -> int | None:
+    """PGD's ``key`` (steps, restarts) in the run's config (``default`` for a run recorded
+    before the key existed); None when unknown or a re-evaluation changed it."""
     config = data.get("config") or {}
-    steps = ((config.get("eval") or {}).get("adversarial") or {}).get("pgd_steps")
-    if any(v != str(steps) for v in overridden(used, "eval.adversarial.pgd_steps")):
+    adversarial = (config.get("eval") or {}).get("adversarial") or {}
+    value = adversarial.get(key, default if adversarial else None)
+    if any(v != str(value) for v in overridden(used, f"eval.adversarial.{key}")):
         return None
-    return steps
+    return value
 
 
 def csv_columns(df: pd.DataFrame) -> list[str]:
