@@ -78,7 +78,8 @@ def build_callbacks(settings: RunSettings, on: str = "fit_end") -> list[pl.Callb
             AdversarialRobustness(
                 eps=list(adv.eps) if len(adv.eps) > 1 else adv.eps[0], attacks=adv.attacks,
                 pgd_steps=adv.pgd_steps, pgd_alpha=adv.pgd_alpha, random_start=adv.random_start,
-                pgd_restarts=adv.pgd_restarts, num_samples=adv.num_samples, batch_size=adv.batch_size, seed=settings.train.seed,
+                pgd_restarts=adv.pgd_restarts, autoattack_num_samples=adv.autoattack_num_samples,
+                num_samples=adv.num_samples, batch_size=adv.batch_size, seed=settings.train.seed,
                 progress=settings.train.progress_bar, eps_space=adv.eps_space, on=on,
                 min_eps=adv.min_eps, min_eps_max=adv.min_eps_max,
             )

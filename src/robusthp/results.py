@@ -111,9 +111,11 @@ def flatten(config: Any, prefix: str = "") -> dict[str, Any]:
 
 NEUTRAL_VALUES = {"data.rotation": 0.0,
                   "eval.adversarial.pgd_restarts": AdversarialSettings.pgd_restarts,
+                  "eval.adversarial.autoattack_num_samples": None,
                   **{f"eval.hessian.{k}": getattr(HessianSettings, k) for k in HESSIAN_SPECTRUM_KEYS}}
 """Keys added after runs were recorded, with the value that does what those runs did (no
-rotation; one PGD run per point; no Hessian spectrum beyond the top eigenvalues, whose switches are off and whose
+rotation; one PGD run per point, AutoAttack on all points where it runs at all; no Hessian
+spectrum beyond the top eigenvalues, whose switches are off and whose
 parameters mean nothing then): a config at that value is the same run as one recorded
 without the key."""
 

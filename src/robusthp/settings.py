@@ -313,6 +313,9 @@ class AdversarialSettings(Checked):
     # PGD runs per point: the first starts as random_start says, the others at random points
     # of the eps-ball (the run's seeded generator); 1 is the paper's single run
     pgd_restarts: int = setting(1, "eval.adversarial.pgd_restarts", integer(1))
+    # AutoAttack on the first N evaluated points only (None: all); worst_acc then counts those N
+    autoattack_num_samples: int | None = setting(None, "eval.adversarial.autoattack_num_samples",
+                                                 integer(1, optional=True))
     num_samples: int | None = setting(None, "eval.adversarial.num_samples", integer(1, optional=True))  # None: all
     batch_size: int | None = setting(1000, "eval.adversarial.batch_size", integer(1, optional=True))
     # how eps is read: "pixel" ([0, 1] pixels, the default: the unit of RobustBench and Madry
