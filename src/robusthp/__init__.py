@@ -8,4 +8,9 @@ Layers (imports point down only):
   face       run.py, config.py, config_store.py, report/               (Hydra, files)
 """
 
-__version__ = "0.1.0"
+from importlib import metadata as _metadata
+
+try:  # one version, pyproject.toml's, read from the installed package's metadata
+    __version__ = _metadata.version("robusthp")
+except _metadata.PackageNotFoundError:  # imported from a source tree that was never installed
+    __version__ = "0+unknown"
