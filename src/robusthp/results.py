@@ -37,7 +37,6 @@ from robusthp.settings import HESSIAN_SPECTRUM_KEYS, AdversarialSettings, Hessia
 
 SCHEMA_VERSION = 1
 RESULTS_FILE = "results.json"
-STATUSES = ("ok", "diverged", "failed")
 COMPLETE_STATUSES = ("ok", "diverged")  # a sweep re-run skips these; "failed" is redone
 CELL_KEYS = ("dataset", "model", "regime", "batch_size", "momentum", "lr", "seed", "epochs", "rotation",
              "adv_train")

@@ -39,12 +39,6 @@ ROTATIONS = 4  # the order of the rotation part of P4
 SPATIAL = (-2, -1)  # the dims torch.rot90 turns
 
 
-def rot90_p4(y: torch.Tensor, k: int = 1) -> torch.Tensor:
-    """``T^k`` on a P4 map (N, C, 4, H, W): rotate every plane k quarter turns and roll
-    the rotation axis by k. The action under which P4 layers are equivariant."""
-    return torch.roll(torch.rot90(y, k, dims=SPATIAL), k, dims=2)
-
-
 def rotation_max(y: torch.Tensor) -> torch.Tensor:
     """Max over the rotation axis: (N, C, 4, H, W) -> (N, C, H, W). Turns ``T`` into a plain
     ``rot90`` of the planes (a rotation-equivariant, rotation-index-free map)."""

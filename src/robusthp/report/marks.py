@@ -11,8 +11,6 @@ import pandas as pd
 from robusthp.report.flags import unconverged, untrained
 from robusthp.report.style import LineStyle
 
-HOLLOW_GIDS = ("untrained", "unconverged")  # artist gids, in drawing order
-
 
 def mark_diverged(ax, diverged: pd.DataFrame, styles: Sequence[LineStyle]) -> None:
     """An ``x`` per (line, x value) with a diverged run, stacked at the panel's bottom
@@ -31,7 +29,8 @@ def mark_diverged(ax, diverged: pd.DataFrame, styles: Sequence[LineStyle]) -> No
 
 
 def left_out_runs(runs: pd.DataFrame, metric: str) -> dict[str, pd.DataFrame]:
-    """The ok runs with a value of ``metric`` drawn hollow, by reason (:data:`HOLLOW_GIDS`)."""
+    """The ok runs with a value of ``metric`` drawn hollow, by reason (``"untrained"``,
+    ``"unconverged"``: also the artists' gids, in drawing order)."""
     ok = runs[(runs["status"] == "ok") & runs[metric].notna()]
     is_untrained = untrained(ok)
     return {"untrained": ok[is_untrained],

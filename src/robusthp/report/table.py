@@ -29,9 +29,6 @@ UNREADABLE = "unreadable"  # status given to a results.json that cannot be parse
 GROUP_KEYS = ("dataset", "model", "regime", "momentum", "batch_size", "lr", "epochs", "rotation",
               "adv_train")
 """A cell of the sweep: every setting except the seed."""
-IN_MEMORY = ("error", "pgd_steps", "pgd_restarts", "min_eps_curve", "hessian_density", "untrained",
-             "untrained_threshold")
-"""Columns of :func:`collect` that results.csv does not hold (``untrained`` only when set)."""
 _INT_COLUMNS = ("batch_size", "seed", "epochs")
 _FLOAT_COLUMNS = ("momentum", "lr", "rotation", *METRICS, "wall_time_s", "pgd_steps", "pgd_restarts")
 
