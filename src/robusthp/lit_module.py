@@ -12,6 +12,7 @@ from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from robusthp.attacks import fgsm, pgd
+from robusthp.engm import reweighted_loss
 from robusthp.optim import build_optimizer, example_weights
 from robusthp.settings import AdvTrainSettings, SGDSettings
 
@@ -96,8 +97,9 @@ class ClassifierModule(pl.LightningModule):
         if weights is None:
             loss = mean_loss = F.cross_entropy(logits, y)
         else:
-            losses = F.cross_entropy(logits, y, reduction="none")
-            loss, mean_loss = (weights * losses).mean(), losses.mean()
+            loss = reweighted_loss(logits, y, weights)
+            with torch.no_grad():  # the logged loss: unweighted, comparable with SGD's
+                mean_loss = F.cross_entropy(logits, y, reduction="none").mean()
         optimizer.zero_grad(set_to_none=True)
         self.manual_backward(loss)
         optimizer.step()
