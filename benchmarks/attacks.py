@@ -11,7 +11,7 @@ alternates too), so load from other processes hits both alike.
 The curve section (StdCNN by default, the same trained weights) times one PGD-40 pass
 at eps 0.3 against ``minimal_eps`` (eps_max 0.6, the callback's default of twice the
 largest eps) + ``robustness_curve`` + ``min_eps_summary`` on 1,000 test images, the two
-alternating over a few repeats (median of each; the issue's target: ratio <= 3), and
+alternating over a few repeats (median of each; target: ratio <= 3), and
 prints the curve's accuracy at the listed eps next to PGD-40's at each (the curve should
 be no weaker than PGD-40: curve <= PGD-40 + 0.005).
 

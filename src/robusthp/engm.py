@@ -1,10 +1,10 @@
 """ENGM: example-normalized gradient descent with momentum (Dabouei et al., ECCV 2022,
 arXiv 2209.01199), pure torch.
 
-**A reconstruction.** Neither code nor full text of the paper is public; this follows
-``shared/extensions.md`` section 3. Adversarial training has larger and more varied
-per-example gradients than natural training, and momentum SGD converges at a rate that
-depends on that variance. ENGM normalizes each example's contribution::
+**A reconstruction.** Neither code nor full text of the paper is public; this follows its
+abstract, and the choices below are this module's. Adversarial training has larger and
+more varied per-example gradients than natural training, and momentum SGD converges at a
+rate that depends on that variance. ENGM normalizes each example's contribution::
 
     g_i = ∇θ ℓ(x_i, y_i)                       (x_i: the adversarial examples, if any)
     ĝ   = (1/m) Σ_i g_i / max(‖g_i‖₂, γ)        γ >= 0

@@ -617,7 +617,7 @@ def top_eigenvalues(
       True: the graph of all batches built once and kept across products (faster per
       product, but every batch's activations and gradient graph alive at once: several GB
       for thousands of CIFAR images on ResNet18). pyhessian: True concatenates the batches
-      into one (PyHessian's graph-reusing single-batch mode, its numbers as before), False
+      into one (PyHessian's graph-reusing single-batch mode, on all samples at once), False
       uses its dataloader mode (forward and backward again per batch and product). A
       single batch keeps its graph either way (the same peak memory).
     on_hvp: called with the running HVP count after each product (progress bars); the

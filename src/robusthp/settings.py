@@ -468,7 +468,8 @@ class UniversalSettings(Checked):
     attacks: tuple[str, ...] = setting(UNIVERSAL_ATTACKS, "eval.universal.attacks",
                                        choices(UNIVERSAL_ATTACKS))
     n: int = setting(64, "eval.universal.n", integer(1))  # points that build the direction
-    # MNIST images have an L2 norm of about 9.4 in [0, 1] pixels (extensions.md)
+    # MNIST images have an L2 norm of about 9.4 in [0, 1] pixels: these norms span the
+    # range where fooling rates change (a reconstruction; the paper's norms are not public)
     norms: tuple[float, ...] = setting((0.0, 1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 10.0),
                                        "eval.universal.norms", l2_norms)
     # test points taken: the first n build the direction, the rest measure it (None: all)

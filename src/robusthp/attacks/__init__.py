@@ -57,7 +57,8 @@ Example::
     >>> acc = robustness_curve(eps_star, torch.linspace(0, 0.6, 101))
 """
 
-# the settings constants and type aliases stay importable from here, outside __all__ as before
+# the modules' constants and type aliases are importable from here too, so a caller takes an
+# attack and its defaults from one place; __all__ lists the attacks and helpers only
 from robusthp.attacks.accuracy import (  # noqa: F401
     ATTACK_KINDS,
     ATTACKS,

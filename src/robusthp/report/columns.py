@@ -1,6 +1,6 @@
 """The columns a sweep adds to the fixed ones: accuracy at each eps, eps*, flags; their order.
 
-A results.json (schema of issue 13) names each accuracy by attack, budget and how the budget
+A results.json names each accuracy by attack, budget and how the budget
 is read: ``fgsm_acc@0.3`` is eps 0.3 in [0, 1] pixels, ``pgd_acc@0.3norm`` eps 0.3 in units
 of the model's input normalization (per channel eps x std). The plain ``fgsm_acc`` /
 ``pgd_acc`` are the first eps of the first reading (an older run's only budget). Columns
@@ -9,7 +9,7 @@ that only some sweeps have come after :data:`~robusthp.report.table.COLUMNS` in 
 of the test split, the optimizer study's scalars (:data:`STUDY_METRICS`, ``band_drop@<i>``
 by band, :data:`STUDY_SETTINGS`), then the flags.
 
-The optimizer study (Ma, Pan, Farahmand 2023; issue 14) adds accuracy keys of the same form,
+The optimizer study (Ma, Pan, Farahmand 2023) adds accuracy keys of the same form,
 ``<perturbation>_acc@<budget>``: ``gaussian_acc@<var>`` (noise variance), ``band_acc@<i>``
 (DCT band i, 0 = lowest frequencies), ``pgd_l2_acc@<eps>``, ``autoattack_linf_acc@<eps>``,
 ``autoattack_l2_acc@<eps>`` (all in pixels), and ``perturbation_clean_acc``,

@@ -1,4 +1,4 @@
-"""The optimizer study (Ma, Pan, Farahmand 2023, arXiv 2308.06703; issue 14): SGD vs Adam
+"""The optimizer study (Ma, Pan, Farahmand 2023, arXiv 2308.06703): SGD vs Adam
 vs RMSProp, one point per optimizer.
 
 Which runs: a cell (every setting but the seed) is *in the study* when one of its ok runs
