@@ -34,7 +34,7 @@ from robusthp.optim import resolve_sgd
 def counted(monkeypatch):
     """Counts of the attack passes and Hessian computations the callbacks start."""
     calls = {"attack": 0, "hessian": 0}
-    attack, hessian = adversarial_module.robust_accuracy, hessian_module.top_eigenvalues
+    attack, hessian = adversarial_module.correct_masks, hessian_module.top_eigenvalues
 
     def counting_attack(*args, **kwargs):
         calls["attack"] += 1
@@ -44,7 +44,7 @@ def counted(monkeypatch):
         calls["hessian"] += 1
         return hessian(*args, **kwargs)
 
-    monkeypatch.setattr(adversarial_module, "robust_accuracy", counting_attack)
+    monkeypatch.setattr(adversarial_module, "correct_masks", counting_attack)
     monkeypatch.setattr(hessian_module, "top_eigenvalues", counting_hessian)
     return calls
 
