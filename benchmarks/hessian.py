@@ -99,6 +99,7 @@ from robusthp.hessian import (
     top_eigenvalues,
 )
 from robusthp.models import build_model
+from robusthp.settings import HessianSettings
 
 MNIST_MEAN, MNIST_STD = (0.1307,), (0.3081,)
 TINY_TOL = 1e-12  # "never stop on tol": run exactly max_iter products
@@ -122,9 +123,12 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--no-cold", action="store_true", help="skip Lanczos from a random start")
     p.add_argument("--spectrum", action="store_true",
                    help="only the trace's and the density's cost over the top eigenvalue's")
-    p.add_argument("--trace-tol", type=float, default=0.05, help="trace relative std error")
-    p.add_argument("--density-vectors", type=int, default=1, help="SLQ start vectors (n_v)")
-    p.add_argument("--density-iter", type=int, default=100, help="SLQ Lanczos steps (iter)")
+    p.add_argument("--trace-tol", type=float, default=HessianSettings.trace_tol,
+                   help="trace relative std error")
+    p.add_argument("--density-vectors", type=int, default=HessianSettings.density_vectors,
+                   help="SLQ start vectors (n_v)")
+    p.add_argument("--density-iter", type=int, default=HessianSettings.density_iter,
+                   help="SLQ Lanczos steps (iter); 100 (PyHessian's) also compares its first k")
     return p.parse_args()
 
 

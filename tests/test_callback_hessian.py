@@ -338,8 +338,10 @@ SPECTRUM = {"trace": True, "trace_tol": 0.2, "trace_max_iter": 30, "density": Tr
 def test_spectrum_is_off_by_default():
     cb = HessianEigenvalues()
     assert (cb.trace, cb.density, cb.per_layer) == (False, False, False)
+    # the keyword defaults are the settings' (one declaration), the CLI's too
+    from robusthp.settings import HessianSettings as S
     assert (cb.trace_tol, cb.trace_max_iter, cb.density_vectors, cb.density_iter) == (
-        0.05, 100, 1, 30)
+        S.trace_tol, S.trace_max_iter, S.density_vectors, S.density_iter)
 
 
 @pytest.mark.parametrize("ns", NAMESPACES)

@@ -68,7 +68,7 @@ def test_divergence_is_recorded_and_the_sweep_goes_on(synthetic_root, tmp_path):
     "override,message",
     [
         ("dataset=imagenet", "unknown dataset 'imagenet'; choose one of: cifar10, fashion_mnist, mnist"),
-        ("model=vgg", "unknown model 'vgg'; choose one of: c1, m1, p4cnn, resnet18, stdcnn, z2cnn"),
+        ("model=vgg", "unknown model 'vgg'; choose one of: c1, m1, p4cnn, preact_resnet18, resnet18, stdcnn, z2cnn"),
         ("regime=adagrad", "unknown regime 'adagrad'; choose one of: adam, benchmark, engm, lr, lr_bs, rmsprop, "
                            "sgd_ma2023"),
         ("regime=adam momentum=0.9", "regime 'adam' has no SGD momentum (its regime.beta1, regime.beta2 "

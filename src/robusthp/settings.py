@@ -361,11 +361,13 @@ class HessianSettings(Checked):
     trace_max_iter: int = setting(100, "eval.hessian.trace_max_iter", integer(2))
     # the eigenvalue density by stochastic Lanczos quadrature (Ghorbani et al. 2019):
     # density_vectors start vectors, density_iter Lanczos steps each. PyHessian's 100 steps
-    # cost 5-8x the top eigenvalue; from 30 on, the top nodes (the outliers) of trained MNIST
-    # nets equal the 100-step run's and the bulk barely moves, at ~2x (benchmarks/hessian.py)
+    # cost 5-8x the top eigenvalue; from 20 on, the top five nodes (the outliers) of trained
+    # MNIST nets match the 100-step run's (M1 to 1e-15, StdCNN to ~4e-6 relative) and the bulk
+    # moves by <= 5e-4 of the spectrum's width, at 1-2.5x the top eigenvalue's time
+    # (benchmarks/hessian.py --spectrum)
     density: bool = setting(False, "eval.hessian.density", boolean)
     density_vectors: int = setting(1, "eval.hessian.density_vectors", integer(1))
-    density_iter: int = setting(30, "eval.hessian.density_iter", integer(1))
+    density_iter: int = setting(20, "eval.hessian.density_iter", integer(1))
     # the top eigenvalue of each module's diagonal block (Lanczos, to max_iter and tol)
     per_layer: bool = setting(False, "eval.hessian.per_layer", boolean)
 

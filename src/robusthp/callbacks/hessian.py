@@ -106,8 +106,8 @@ class _HessianLogic(shared.StageHooks):
             default 0.05) or ``trace_max_iter`` vectors (default 100).
         density: also the eigenvalue density by stochastic Lanczos quadrature
             (``hessian_density``, Ghorbani et al. 2019): ``density_vectors`` start vectors
-            of ``density_iter`` Lanczos steps each (defaults 1 and 30; PyHessian's are 1 and
-            100, 2-3x the cost for the same outliers: ``robusthp.settings``).
+            of ``density_iter`` Lanczos steps each (defaults 1 and 20; PyHessian's are 1 and
+            100, 5x the cost for the same outliers: ``robusthp.settings``).
         per_layer: also the top eigenvalue of each module's diagonal Hessian block
             (``layer_top_eigenvalues``: Lanczos to ``max_iter`` and ``tol``).
 
