@@ -52,8 +52,8 @@ or ../shared/datasets (download=False). ~15 minutes on one CPU thread (5 seeds).
 With ``--spectrum`` only the cost of the spectrum beyond the top eigenvalue, on the same
 models and 1000 images: per start seed, the top eigenvalue at the defaults (each backend),
 the trace (Hutchinson, to ``--trace-tol`` relative standard error) and the density
-(stochastic Lanczos quadrature, ``--density-vectors`` x ``--density-iter``, PyHessian's
-defaults 1 x 100); each one's time over the top eigenvalue's (the callback's default
+(stochastic Lanczos quadrature, ``--density-vectors`` x ``--density-iter``, the settings'
+defaults 1 x 20; PyHessian's are 1 x 100); each one's time over the top eigenvalue's (the callback's default
 backend, pyhessian, and lanczos), medians over ``--seeds`` seeds. It also prints how far the
 density of fewer Lanczos steps (the first k steps of the same run) is from that of
 ``--density-iter`` steps: the Wasserstein-1 distance of the two quadratures (the area
@@ -61,22 +61,22 @@ between their distribution functions) over the spectrum's span, and the largest 
 error of the top ``TOP_NODES`` nodes (the outliers). The L1 distance of smoothed densities
 says little here: nearly all the weight is in the bulk near 0, resolved by any k.
 
-    python benchmarks/hessian.py --threads 1 --spectrum --seeds 2
+    python benchmarks/hessian.py --threads 1 --spectrum --seeds 3
 
-Measured (1 thread, a 2-core machine shared with other jobs, so times are noisy; seeds 0-1,
-medians of per-seed ratios over PyHessian's top eigenvalue at its defaults, the callback's
-default backend; over Lanczos's in brackets):
+Measured (1 thread, AMD EPYC, a sweep sharing the 2 cores; medians over start seeds 0-2 of
+per-seed ratios over PyHessian's top eigenvalue at its defaults, the callback's default
+backend; over Lanczos's in brackets):
 
-- trace to 5% relative standard error: M1 2.28x (5.34x), 49 and 36 products; StdCNN 2.33x
-  (3.78x), 25 and 34 products. A product costs the same in all three (1.2-1.3 s on M1), so
-  the ratio is that of products: Hutchinson's per-vector spread (about 35% of the trace)
-  sets it, and deflating the first 5-30 Lanczos vectors (Hutch++-like) cut the products
-  needed by less than 1.5x on M1 (the spread is in the bulk, not the outliers).
-- density at PyHessian's defaults (1 vector x 100 steps): M1 5.36x (12.8x), StdCNN 8.15x
-  (12.8x). The first 30 steps of the same runs give the same top-5 nodes to 1e-15 (M1 from
-  20 steps, StdCNN from 30) and a distribution within 1e-4 to 5e-4 of the span (W1) of the
-  100-step one, at about 1.6x (M1) and 2.4x (StdCNN) from the measured time per product:
-  hence ``eval.hessian.density_iter`` 30 by default.
+- trace to 5% relative standard error: M1 1.46x (4.43x), StdCNN 1.53x (2.91x). A product
+  costs the same in all three, so the ratio is that of products: Hutchinson's per-vector
+  spread (about 35% of the trace) sets it, and deflating the first 5-30 Lanczos vectors
+  (Hutch++-like) cut the products needed by less than 1.5x on M1 (the spread is in the
+  bulk, not the outliers).
+- density, 1 vector x 20 steps: M1 1.21x (2.73x), StdCNN 1.90x (2.52x). At PyHessian's 1 x
+  100: M1 5.4x, StdCNN 8.2x (seeds 0-1). The first 20 steps of a 100-step run give the same
+  top-5 nodes (M1 to 1e-15; StdCNN to ~4e-6 of a 30-step run) and a distribution within
+  <= 5e-4 of the span (W1): hence ``eval.hessian.density_iter`` 20 by default (30 measured
+  3.2x on StdCNN).
 """
 
 from __future__ import annotations
