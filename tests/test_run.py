@@ -82,6 +82,11 @@ def test_divergence_is_recorded_and_the_sweep_goes_on(synthetic_root, tmp_path):
          "eval.universal.attacks: unknown 'pgd' in ['pgd']; choose from gradient, fgsm, deepfool"),
         ("eval.invariance.enabled=true eval.invariance.thetas=[0,200]",
          "eval.invariance.thetas must be angles in degrees from 0 to 180; got 200 in [0, 200]"),
+        ("eval.adversarial.enabled=true eval.adversarial.attacks=[fgsm,foo]",
+         "eval.adversarial.attacks: unknown 'foo' in ['fgsm', 'foo']; choose from fgsm, pgd, autoattack"),
+        ("eval.adversarial.enabled=true eval.adversarial.pgd_restarts=0",
+         "eval.adversarial.pgd_restarts must be >= 1, got 0"),
+        ("logger=[csv,foo]", "unknown logger 'foo'; choose one of: csv, mlflow, tensorboard, wandb"),
     ],
 )
 def test_bad_input_is_one_line_and_nonzero(synthetic_root, tmp_path, override, message):
@@ -172,3 +177,12 @@ def test_the_rotation_study_runs_end_to_end(synthetic_root, tmp_path, model):
     assert {"rot_acc@90", "rot_fixed_acc@90", "pgd_acc", "universal_flip@deepfool@4",
             "universal_invariant_cos@gradient"} <= set(m)
     assert m["rot_acc@0"] == pytest.approx(m["test_acc"], abs=1e-6) and m["universal_flip@gradient@0"] == 0
+
+
+@pytest.mark.parametrize("loggers, folders", [("[csv]", {"logs"}), ("[csv,tensorboard]", {"logs", "tensorboard"})])
+def test_several_loggers_from_the_command_line(synthetic_root, tmp_path, loggers, folders):
+    """A list of the logger group, as the README shows it, through the real entry point."""
+    run([*FAST, f"logger={loggers}"], synthetic_root, tmp_path)
+    assert json.loads((tmp_path / "run" / "results.json").read_text())["status"] == "ok"
+    for folder in folders:
+        assert any((tmp_path / "run" / folder).rglob("*")), folder

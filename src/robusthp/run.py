@@ -73,7 +73,12 @@ def check_group_choices(argv: list[str]) -> None:
             if not value.filter(options):
                 _fail(f"{override.input_line} matches no {group}; choose among: {', '.join(options)}")
             continue
-        choices = override.sweep_string_iterator() if override.is_sweep_override() else [str(value)]
+        if override.is_sweep_override():
+            choices = list(override.sweep_string_iterator())
+        elif isinstance(value, list):  # several options of one group at once: logger=[csv,tensorboard]
+            choices = [str(v) for v in value]
+        else:
+            choices = [str(value)]
         for choice in choices:
             if choice not in options:
                 _fail(f"unknown {group} {choice!r}; choose one of: {', '.join(options)}")
