@@ -181,3 +181,33 @@ def test_group_check_names_the_bad_choice_inside_a_sweep(arg, message, capsys):
 
 def test_data_root_stays_out_of_run_dir_names():
     assert sweep_name(["data.root=/somewhere/data", "batch_size=32"]) == sweep_name(["batch_size=32"])
+
+
+def test_cell_names_longer_than_a_file_name_are_bounded_and_distinct():
+    from robusthp.config_store import MAX_FILE_NAME, bounded_name
+
+    long_a = "eval.adversarial.eps=[" + ",".join(f"0.{i:03d}" for i in range(1, 80)) + "]"
+    long_b = long_a.replace("0.001", "0.002")
+    assert len(long_a.encode()) > 255
+    names = {job_dir(long_a), job_dir(long_b)}
+    assert len(names) == 2 and all(len(n.encode()) <= MAX_FILE_NAME for n in names)
+    assert job_dir(long_a) == job_dir(long_a)  # the same cell finds its directory again
+    assert job_dir("batch_size=32,line=lr_m0") == "batch_size=32,line=lr_m0"  # short: unchanged
+    assert len(bounded_name("é" * 200, 255).encode()) <= 255  # bytes, not characters
+
+
+def test_a_sweep_cell_with_a_very_long_name_trains(synthetic_root, tmp_path):
+    """Through the real entry point: a cell whose overrides exceed 255 bytes."""
+    import os
+    import subprocess
+    import sys
+
+    eps = "[" + ",".join(f"0.{i:03d}" for i in range(1, 60)) + "]"
+    cmd = [sys.executable, "-m", "robusthp.run", "-m", "eval=none", "epochs=1", "data.val_size=50",
+           "trainer.progress_bar=false", "batch_size=32,64", f"eval.adversarial.eps={eps}",
+           f"hydra.sweep.dir={tmp_path}/sweep"]
+    env = dict(os.environ, ROBUSTHP_DATA_DIR=str(synthetic_root))
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    results = sorted((tmp_path / "sweep").rglob("results.json"))
+    assert len(results) == 2 and all(len(p.parent.name.encode()) <= 255 for p in results)

@@ -38,7 +38,10 @@ UNNAMED_KEYS = ("resume", "trainer.progress_bar", "trainer.threads", "data.root"
 def unnamed(key: str) -> bool:
     """Whether ``key`` (or the section it is in, e.g. ``logger.wandb.project``) is unnamed."""
     return any(key == k or key.startswith(k + ".") for k in UNNAMED_KEYS)
-MAX_NAME = 120
+MAX_NAME = 120  # a sweep's directory name, in bytes
+# a cell's: the file-name limit of common file systems (ext4, xfs, APFS, NTFS), so every name
+# that ever worked is unchanged and a resumed sweep finds its cells
+MAX_FILE_NAME = 255
 
 
 def config_fields() -> dict[str, Any]:
@@ -121,15 +124,23 @@ def sweep_name(task_overrides: list[str]) -> str:
         o.split("=", 1)[1] if o.startswith("experiment=") else o
         for o in task_overrides if _named(o)
     )
-    name = "__".join(items).replace("/", "-") or "default"
-    if len(name) > MAX_NAME:
-        name = name[: MAX_NAME - 9] + "-" + hashlib.sha1(name.encode()).hexdigest()[:8]
-    return name
+    return bounded_name("__".join(items).replace("/", "-") or "default", MAX_NAME)
 
 
 def job_dir(override_dirname: str) -> str:
-    """A sweep cell's subdir: its own overrides (``batch_size=32,line=lr_m0``)."""
-    return override_dirname.replace("/", "-") or "default"
+    """A sweep cell's subdir: its own overrides (``batch_size=32,line=lr_m0``); a name longer
+    than a file name may be ends in a hash of the full name."""
+    return bounded_name(override_dirname.replace("/", "-") or "default", MAX_FILE_NAME)
+
+
+def bounded_name(name: str, limit: int) -> str:
+    """``name`` if it fits in ``limit`` bytes (UTF-8), else its first bytes, ``-`` and 8 hex
+    digits of its SHA-1: the same name for the same input, distinct for distinct inputs."""
+    encoded = name.encode()
+    if len(encoded) <= limit:
+        return name
+    digest = hashlib.sha1(encoded).hexdigest()[:8]
+    return encoded[: limit - 9].decode("utf-8", "ignore") + "-" + digest
 
 
 def ma2023_budget(dataset: str, budget: str) -> list[float]:

@@ -52,7 +52,7 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from robusthp.config import ConfigError, settings_from_config
-from robusthp.config_store import UNNAMED_KEYS, group_options
+from robusthp.config_store import MAX_NAME, UNNAMED_KEYS, bounded_name, group_options
 from robusthp.results import (
     RESULTS_FILE,
     SCHEMA_VERSION,
@@ -95,7 +95,6 @@ ALLOWED = ("eval=default|none, eval.adversarial.<key>, eval.hessian.<key>, "
            "eval.perturbation.<key>, eval.function.<key>, eval.invariance.<key>, "
            "eval.universal.<key>, "
            + ", ".join(ENV_KEYS) + ", hydra/launcher=parallel|joblib, hydra.launcher.n_jobs")
-MAX_NAME = 120
 
 
 # ---------------------------------------------------------------------------- overrides
@@ -186,9 +185,7 @@ def _file_name(named: Iterable[str]) -> str:
     name = "__".join(sorted(named)).replace("/", "-")
     name = "".join(c for c in name if c not in "[]{}()'\" ")
     name = "".join(c if c.isalnum() or c in "._=,@+-" else "-" for c in name) or "default"
-    if len(name) > MAX_NAME:
-        name = name[: MAX_NAME - 9] + "-" + hashlib.sha1(name.encode()).hexdigest()[:8]
-    return name
+    return bounded_name(name, MAX_NAME)
 
 
 def parse_overrides(overrides: Sequence[str]) -> EvalRequest:
