@@ -87,6 +87,11 @@ def test_divergence_is_recorded_and_the_sweep_goes_on(synthetic_root, tmp_path):
         ("eval.adversarial.enabled=true eval.adversarial.pgd_restarts=0",
          "eval.adversarial.pgd_restarts must be >= 1, got 0"),
         ("logger=[csv,foo]", "unknown logger 'foo'; choose one of: csv, mlflow, tensorboard, wandb"),
+        ("eval.adversarial.enabled=true eval.adversarial.eps=[0,0.1]",
+         "eval.adversarial.eps must be numbers > 0 (eps 0 is the clean accuracy, already measured), "
+         "got [0, 0.1]"),
+        ("adv_train=pgd adv_train.eps=0",
+         "adv_train.eps must be numbers > 0 (eps 0 is the clean accuracy, already measured), got 0"),
     ],
 )
 def test_bad_input_is_one_line_and_nonzero(synthetic_root, tmp_path, override, message):

@@ -124,6 +124,16 @@ def eps_values(value: Any, key: str) -> tuple[float, ...]:
     return tuple(float(v) for v in values)
 
 
+def attack_eps_values(value: Any, key: str) -> tuple[float, ...]:
+    """``eps_values`` each > 0: an attack at eps 0 has no step to take (PGD's default step is
+    a fraction of eps), so it is refused before training rather than failing after it."""
+    values = eps_values(value, key)
+    if any(v == 0 for v in values):
+        raise ValueError(f"{key} must be numbers > 0 (eps 0 is the clean accuracy, already "
+                         f"measured), got {value!r}")
+    return values
+
+
 EPS_SPACES = ("pixel", "normalized")
 
 
@@ -301,7 +311,7 @@ class AdversarialSettings(Checked):
     enabled: bool = setting(True, "eval.adversarial.enabled", boolean)
     # one budget or several (a robustness curve; the first is the primary one)
     eps: tuple[float, ...] = setting((DATASETS[DEFAULT_DATASET].eps,), "eval.adversarial.eps",
-                                     eps_values, config="${dataset.eps}")
+                                     attack_eps_values, config="${dataset.eps}")
     # fgsm, pgd (L-inf, robusthp.attacks.linf) and autoattack (standard version, L-inf, at the
     # reference implementation's settings); worst_acc counts a point robust only if all failed
     attacks: tuple[str, ...] = setting(("fgsm", "pgd"), "eval.adversarial.attacks",
@@ -500,10 +510,10 @@ def _optional_bool(value: Any, key: str) -> bool | None:
 
 
 def optional_eps(value: Any, key: str) -> float | None:
-    """None (the evaluation's primary eps) or one finite number >= 0."""
+    """None (the evaluation's primary eps) or one finite number > 0."""
     if isinstance(value, list | tuple):
-        raise ValueError(f"{key} must be one number >= 0 (one budget), got {value!r}")
-    return None if value is None else eps_values(value, key)[0]
+        raise ValueError(f"{key} must be one number > 0 (one budget), got {value!r}")
+    return None if value is None else attack_eps_values(value, key)[0]
 
 
 def _optional_space(value: Any, key: str) -> str | None:
