@@ -67,16 +67,26 @@ def plot_robustness_curves(df: pd.DataFrame, dataset: str, model: str, *,
         ax.set_xlabel(" / ".join(SPACE_LABELS.get(s, f"eps ({s})") for s in spaces) or "eps")
         ax.set_ylabel("accuracy under attack")
         ax.set_ylim(-0.02, 1.02)
-        ax.set_title(name, fontsize=10)
-        ax.grid(True, alpha=0.3)
-        ax.tick_params(labelsize=8)
+        finish_panel(ax, name)
+    batch_size_legend(fig, batch_sizes)
+    fig.suptitle(title or f"{cell_title(dataset, model)}: accuracy vs eps "
+                          "(minimal-perturbation curves, mean over ok seeds)", fontsize=11)
+    return fig
+
+
+def finish_panel(ax: Any, name: str) -> None:
+    """A per-line panel's title, grid and tick size, as every per-line figure draws them."""
+    ax.set_title(name, fontsize=10)
+    ax.grid(True, alpha=0.3)
+    ax.tick_params(labelsize=8)
+
+
+def batch_size_legend(fig: Figure, batch_sizes: list[int]) -> None:
+    """One legend entry per batch size, in the colours of ``_colour``, right of the panels."""
     handles: list[Any] = [Line2D([], [], color=_colour(b, batch_sizes), label=f"B = {b}")
                           for b in batch_sizes]
     fig.legend(handles=handles, loc="outside right upper", fontsize=8, frameon=False,
                title="batch size", title_fontsize=8)
-    fig.suptitle(title or f"{cell_title(dataset, model)}: accuracy vs eps "
-                          "(minimal-perturbation curves, mean over ok seeds)", fontsize=11)
-    return fig
 
 
 def _panels(runs: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:

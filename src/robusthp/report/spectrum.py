@@ -24,9 +24,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
-from matplotlib.lines import Line2D
 
-from robusthp.report.curves import _colour, _panels
+from robusthp.report.curves import _colour, _panels, batch_size_legend, finish_panel
 from robusthp.report.figures import PANELS, Panel, natural_runs, plot_batch_size_figure
 from robusthp.report.flags import untrained
 from robusthp.report.layout import figure_grid
@@ -117,13 +116,8 @@ def plot_density_figure(df: pd.DataFrame, dataset: str, model: str, *,
                         linewidth=1.4, label=f"B = {int(batch_size)}", gid="density")
         ax.set_xlabel("eigenvalue")
         ax.set_ylabel("density (log scale)")
-        ax.set_title(name, fontsize=10)
-        ax.grid(True, alpha=0.3)
-        ax.tick_params(labelsize=8)
-    handles: list[Any] = [Line2D([], [], color=_colour(b, batch_sizes), label=f"B = {b}")
-                          for b in batch_sizes]
-    fig.legend(handles=handles, loc="outside right upper", fontsize=8, frameon=False,
-               title="batch size", title_fontsize=8)
+        finish_panel(ax, name)
+    batch_size_legend(fig, batch_sizes)
     fig.suptitle(title or f"{cell_title(dataset, model)}: Hessian eigenvalue density (SLQ, "
                           "mean over start vectors and ok seeds)", fontsize=11)
     return fig
