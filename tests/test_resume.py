@@ -61,3 +61,21 @@ def test_killed_run_resumes_to_the_same_result(synthetic_root, tmp_path, monkeyp
     assert resumed["steps"] == unbroken["steps"]
     assert (tmp_path / "killed" / "model.pt").is_file()
     assert not (tmp_path / "killed" / "checkpoints" / "last.ckpt").exists()  # finished: removed
+
+
+def test_model_pt_is_written_atomically(tmp_path):
+    """A save that fails midway (here: an object that cannot be pickled, after the
+    file was opened) leaves the earlier model.pt intact and no temporary file."""
+    import torch
+
+    from robusthp.experiment import save_atomic
+
+    path = tmp_path / "model.pt"
+    save_atomic({"w": torch.ones(3)}, path)
+    assert torch.equal(torch.load(path, weights_only=True)["w"], torch.ones(3))
+    import pickle
+
+    with pytest.raises((AttributeError, pickle.PicklingError)):  # a lambda does not pickle
+        save_atomic({"w": torch.zeros(3), "bad": lambda: None}, path)
+    assert torch.equal(torch.load(path, weights_only=True)["w"], torch.ones(3))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt"]

@@ -330,6 +330,21 @@ def run_experiment(settings: RunSettings, out_dir: str | Path, config: dict | No
     return record
 
 
+def save_atomic(obj: Any, path: Path) -> None:
+    """``torch.save`` through a temporary file in the same folder and a rename: a kill or a
+    full disk leaves the old file or none, never a truncated one that would load as garbage."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 def to_channels_last(model: torch.nn.Module) -> torch.nn.Module:
     """``model`` with its 4-D parameters and buffers (conv filters) in channels_last; any
     other rank keeps its layout (``Module.to(memory_format=...)`` refuses the 5-D filters of
@@ -393,7 +408,7 @@ def _train(settings: RunSettings, out_dir: Path, record: dict, fingerprint: str 
     record["timestamps"] = {"train_start": started_at, "train_end": started_at + record["timings_s"]["train"]}
     record["steps"] = int(trainer.global_step)
     if settings.train.checkpoint and not module.diverged:
-        torch.save(module.model.state_dict(), out_dir / "model.pt")  # the trained weights
+        save_atomic(module.model.state_dict(), out_dir / "model.pt")  # the trained weights
     record["metrics"]["train_loss"] = module.last_metrics.get("train/loss")
     record["metrics"]["train_acc"] = module.last_metrics.get("train/acc")
     record["metrics"]["val_acc"] = module.last_metrics.get("val/acc")
