@@ -74,6 +74,9 @@ def _settings(cfg: DictConfig) -> RunSettings:
     kwargs = cfg.model.get("kwargs")
     adversarial = _optional(cfg, AdversarialSettings)
     adv_train = _adv_train(cfg, adversarial)
+    if adv_train.enabled and adv_train.last_epochs is not None and adv_train.last_epochs > train.epochs:
+        raise ConfigError(f"adv_train.last_epochs must be at most epochs={train.epochs}, "
+                          f"got {adv_train.last_epochs}")
     return RunSettings(
         data=data, model=model, sgd=sgd, train=train,
         adversarial=adversarial, hessian=_optional(cfg, HessianSettings),

@@ -102,7 +102,10 @@ def _main(cfg: DictConfig) -> dict | None:
     out_dir = HydraConfig.get().runtime.output_dir
     config = OmegaConf.to_container(cfg, resolve=True)
     stamp = fingerprint(config, UNNAMED_KEYS)
-    if cfg.get("resume", True):
+    resume = cfg.get("resume", True)
+    if not isinstance(resume, bool):  # "maybe" would read as true
+        _fail(f"resume must be true or false, got {resume!r}")
+    if resume:
         record = finished_run(Path(out_dir), config, stamp)
         if record is not None:
             return record
