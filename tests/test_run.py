@@ -91,6 +91,8 @@ def test_divergence_is_recorded_and_the_sweep_goes_on(synthetic_root, tmp_path):
          "eval.adversarial.eps must be numbers > 0 (eps 0 is the clean accuracy, already measured), "
          "got [0, 0.1]"),
         ("resume=maybe", "resume must be true or false, got 'maybe'"),
+        ("eval.perturbation.enabled=true eval.perturbation.bands=785",
+         "eval.perturbation.bands must be at most 784 (the DCT coefficients of a 28x28 mnist image), got 785"),
         ("adv_train=pgd adv_train.last_epochs=3", "adv_train.last_epochs must be at most epochs=1, got 3"),
         ("adv_train=pgd adv_train.eps=0",
          "adv_train.eps must be numbers > 0 (eps 0 is the clean accuracy, already measured), got 0"),

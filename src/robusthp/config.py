@@ -12,7 +12,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from robusthp.catalog import MODELS
+from robusthp.catalog import DATASETS, MODELS
 from robusthp.settings import (
     AdversarialSettings,
     AdvTrainSettings,
@@ -74,13 +74,18 @@ def _settings(cfg: DictConfig) -> RunSettings:
     kwargs = cfg.model.get("kwargs")
     adversarial = _optional(cfg, AdversarialSettings)
     adv_train = _adv_train(cfg, adversarial)
+    perturbation = _optional(cfg, PerturbationSettings)
+    size = DATASETS[data.dataset].image_size
+    if perturbation.enabled and perturbation.bands > size * size:  # one DCT coefficient per band at most
+        raise ConfigError(f"eval.perturbation.bands must be at most {size * size} (the DCT "
+                          f"coefficients of a {size}x{size} {data.dataset} image), got {perturbation.bands}")
     if adv_train.enabled and adv_train.last_epochs is not None and adv_train.last_epochs > train.epochs:
         raise ConfigError(f"adv_train.last_epochs must be at most epochs={train.epochs}, "
                           f"got {adv_train.last_epochs}")
     return RunSettings(
         data=data, model=model, sgd=sgd, train=train,
         adversarial=adversarial, hessian=_optional(cfg, HessianSettings),
-        perturbation=_optional(cfg, PerturbationSettings), function=_optional(cfg, FunctionSettings),
+        perturbation=perturbation, function=_optional(cfg, FunctionSettings),
         invariance=_optional(cfg, InvarianceSettings), universal=_optional(cfg, UniversalSettings),
         adv_train=adv_train, grad_stats=_optional(cfg, GradStatsSettings),
         robust_val=_robust_val(cfg, adv_train, adversarial),
