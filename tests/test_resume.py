@@ -79,3 +79,22 @@ def test_model_pt_is_written_atomically(tmp_path):
         save_atomic({"w": torch.zeros(3), "bad": lambda: None}, path)
     assert torch.equal(torch.load(path, weights_only=True)["w"], torch.ones(3))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt"]
+
+
+def test_a_corrupt_checkpoint_is_named_moved_aside_and_not_resumed(tmp_path, caplog):
+    from types import SimpleNamespace
+
+    from robusthp.experiment import _resume_path
+
+    ckpt = tmp_path / "checkpoints"
+    ckpt.mkdir()
+    (ckpt / "last.ckpt").write_bytes(b"PK\x03\x04 truncated")
+    (ckpt / "fingerprint").write_text("abc\n")
+    settings = SimpleNamespace(train=SimpleNamespace(checkpoint=True))
+    with caplog.at_level("WARNING", logger="robusthp.experiment"):
+        assert _resume_path(settings, tmp_path, "abc") is None
+    assert not (ckpt / "last.ckpt").exists()
+    (aside,) = ckpt.glob("last.ckpt.corrupt-*")
+    assert aside.read_bytes() == b"PK\x03\x04 truncated"
+    assert any("last.ckpt is unreadable" in r.getMessage() and "training from scratch" in r.getMessage()
+               for r in caplog.records)

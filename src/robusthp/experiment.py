@@ -374,10 +374,25 @@ def _resume_path(settings: RunSettings, out_dir: Path, fingerprint: str | None) 
     if fingerprint is not None:
         stamp.parent.mkdir(parents=True, exist_ok=True)
         stamp.write_text(fingerprint + "\n")
-    if not last.is_file():
+    if not last.is_file() or not _readable_checkpoint(last):
         return None
     log.info("resuming from %s", last)
     return str(last)
+
+
+def _readable_checkpoint(path: Path) -> bool:
+    """Whether ``path`` loads; a damaged one is moved aside (named in a warning) so that the
+    run trains from scratch instead of failing on it at every attempt."""
+    try:
+        torch.load(path, map_location="cpu", weights_only=False)
+        return True
+    except Exception as err:  # truncated, zeroed, not a checkpoint: all unreadable alike
+        aside = path.with_name(f"{path.name}.corrupt-{int(time.time())}")
+        os.replace(path, aside)
+        log.warning("checkpoint %s is unreadable (%s: %s); moved to %s, training from scratch",
+                    path, type(err).__name__, str(err).splitlines()[0][:120] if str(err) else "",
+                    aside.name)
+        return False
 
 
 def _train(settings: RunSettings, out_dir: Path, record: dict, fingerprint: str | None = None):
