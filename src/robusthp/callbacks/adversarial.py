@@ -166,19 +166,17 @@ class _AdversarialRobustnessLogic(shared.TestDataEvaluation):
         with shared.progress_bar(self.progress, "adversarial eval") as progress:
             masks = correct_masks(model, batches, {k: fn for k, fn in attack_fns.items()
                                                    if k not in subset}, device=device, progress=progress)
+        first = _first(batches, self.autoattack_num_samples) if subset else []
         if subset:  # AutoAttack on the first autoattack_num_samples points only
-            first = _first(batches, self.autoattack_num_samples)
             with shared.progress_bar(self.progress, "autoattack") as progress:
                 on_first = correct_masks(model, first, subset, device=device, progress=progress)
             on_first.pop("clean")  # those points' clean accuracy; "clean" counts them all
             masks.update(on_first)
-            results_n = {"autoattack_num_samples": float(on_first[next(iter(on_first))].numel())}
-        else:
-            results_n = {}
         masks.update(worst_case(masks))
         results: dict[str, Any] = self._with_primary_keys(accuracies(masks), readings)
         results["adversarial_num_samples"] = results.pop("num_samples")
-        results.update(results_n)
+        if subset:
+            results["autoattack_num_samples"] = float(sum(int(y.shape[0]) for _, y in first))
         results["adversarial_eps"] = [
             {"key": r.key, "eps": r.eps, "space": r.space, "pixel_eps": list(r.pixel_eps)}
             for r in readings
